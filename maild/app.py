@@ -1,0 +1,60 @@
+"""The composition root: settings in, every long-lived part built and wired.
+
+Nothing else in maild reads the config to find its collaborators; the CLI
+and the daemon both start here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import db
+from .config import ConfigError, Settings
+from .ingest.pipeline import Pipeline
+from .outbound.tokens import TokenSigner
+
+log = logging.getLogger("maild")
+
+
+@dataclass
+class App:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    signer: TokenSigner | None
+    pipeline: Pipeline
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def make_signer(settings: Settings, required: bool = False) -> TokenSigner | None:
+    """The token signer, or None (with a warning) when the secret is not set."""
+    if not os.environ.get(settings.security.secret_env) and not required:
+        log.warning(
+            "%s is not set: reply tokens are neither issued nor honoured", settings.security.secret_env
+        )
+        return None
+    try:
+        return TokenSigner(settings.secret())
+    except ConfigError:
+        if required:
+            raise
+        log.warning("%s is too short: reply tokens are disabled", settings.security.secret_env)
+        return None
+
+
+def build(settings: Settings, *, secret_required: bool = False) -> App:
+    engine = db.make_engine(settings.database.url)
+    db.migrate(engine)
+    sessions = db.session_factory(engine)
+    with sessions() as session:
+        db.sync_config(session, settings)
+    signer = make_signer(settings, secret_required)
+    pipeline = Pipeline(settings, sessions, signer)
+    return App(settings, engine, sessions, signer, pipeline)

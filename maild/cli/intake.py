@@ -1,0 +1,133 @@
+"""Commands that bring mail in: ingest (MTA pipe), import (mbox/Maildir), parse."""
+
+from __future__ import annotations
+
+import sys
+from itertools import islice
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .. import queries
+from ..app import build
+from ..config import Settings
+from ..db import is_transient
+from ..ingest.classify import OwnMail, classify
+from ..ingest.intake import Incoming, accept_many
+from ..ingest.parse import as_json as parsed_json
+from ..ingest.parse import parse
+from ..ingest.sources import SourceError, open_source
+from . import EX_DATAERR, EX_TEMPFAIL, json_option, main, print_json, with_settings
+
+
+def _read_limited(stream, limit: int, name: str) -> bytes:
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        click.echo(f"maild: {name}: message larger than ingest.max_message_size ({limit} bytes)", err=True)
+        sys.exit(EX_DATAERR)
+    return data
+
+
+@main.command()
+@with_settings
+@click.option("--mailbox", "mailbox_name", help="Mailbox the mail arrived at (default: the first).")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+def ingest(settings: Settings, mailbox_name: str | None, files: tuple[str, ...]) -> None:
+    """Store and process mail from FILES, or one message on stdin (for an MTA pipe).
+
+    Exit 0 when every message is stored (or quarantined), 75 on a transient
+    failure such as a locked or unreachable database, so the MTA retries.
+    """
+    mailbox = settings.mailbox_named(mailbox_name) if mailbox_name else settings.mailbox[0]
+    limit = settings.ingest.max_message_size
+    items = []
+    for f in files or ("-",):
+        if f == "-":
+            data = _read_limited(sys.stdin.buffer, limit, "stdin")
+        else:
+            with open(f, "rb") as fh:
+                data = _read_limited(fh, limit, f)
+        items.append(Incoming(data, mailbox.name, "pipe"))
+    try:
+        app = build(settings)
+        accepted = accept_many(app.sessions, items)
+    except Exception as exc:
+        if is_transient(exc):
+            click.echo(f"maild: cannot store the message now, try again later: {exc}", err=True)
+            sys.exit(EX_TEMPFAIL)
+        raise
+    # Stored: from here on the message is ours; processing failures quarantine it.
+    try:
+        for o in app.pipeline.process([a.raw_id for a in accepted if not a.duplicate]):
+            detail = o.stored.outcome if o.stored else f"quarantined at {o.stage}: {o.error}"
+            issue = f" issue {o.stored.issue_id}" if o.stored and o.stored.issue_id else ""
+            click.echo(f"raw {o.raw_id}: {detail}{issue}", err=True)
+    except Exception as exc:  # noqa: BLE001 - stored already; the daemon's drain finishes it
+        click.echo(f"maild: stored, processing deferred: {exc}", err=True)
+    for a in accepted:
+        if a.duplicate:
+            click.echo(f"raw {a.raw_id}: duplicate, nothing new", err=True)
+
+
+def _batches(iterator, size: int):
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+@main.command("import")
+@with_settings
+@click.option("--mailbox", "mailbox_name", required=True, help="Mailbox to import into.")
+@click.option("--batch", default=200, show_default=True, help="Messages per transaction.")
+@click.argument("path", type=click.Path(exists=True))
+def import_(settings: Settings, mailbox_name: str, batch: int, path: str) -> None:
+    """Import an mbox file or a Maildir folder; running it again imports nothing twice."""
+    mailbox = settings.mailbox_named(mailbox_name)
+    try:
+        total, messages = open_source(path)
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from None
+    app = build(settings)
+    app.pipeline.drain()
+    new = dup = 0
+    columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=None, transient=False) as progress:
+        task = progress.add_task("import", total=total)
+        for chunk in _batches(messages, batch):
+            limit = settings.ingest.max_message_size
+            items = [Incoming(d, mailbox.name, "import") for d in chunk if len(d) <= limit]
+            accepted = accept_many(app.sessions, items)
+            dup += sum(a.duplicate for a in accepted)
+            new += sum(not a.duplicate for a in accepted)
+            app.pipeline.process([a.raw_id for a in accepted if not a.duplicate])
+            skipped = len(chunk) - len(items)
+            if skipped:
+                click.echo(f"maild: skipped {skipped} message(s) over ingest.max_message_size", err=True)
+            progress.advance(task, len(chunk))
+    with app.sessions() as session:
+        quarantined = len(queries.list_quarantine(session))
+    click.echo(f"imported {new} new message(s), {dup} already stored; {quarantined} in quarantine")
+
+
+@main.command("parse")
+@with_settings
+@json_option
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def parse_cmd(settings: Settings, as_json: bool, file: str) -> None:
+    """Show how maild reads one message."""
+    raw = Path(file).read_bytes()
+    msg = parse(raw)
+    cls = classify(msg.message, msg.from_.email if msg.from_ else None,
+                   OwnMail(settings.own_addresses, settings.message_id_domain))
+    data = parsed_json(msg, cls.auto, cls.bounce.as_json() if cls.bounce else None)
+    if as_json:
+        print_json(data)
+        return
+    for key in ("message_id", "in_reply_to", "subject", "date", "auto"):
+        click.echo(f"{key}: {data[key]}")
+    click.echo(f"from: {data['from']}")
+    click.echo(f"to: {', '.join(a['email'] for a in data['to'])}")
+    for a in data["attachments"]:
+        click.echo(f"attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)")
+    click.echo("")
+    click.echo(data["new_text"])

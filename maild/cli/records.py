@@ -1,0 +1,174 @@
+"""Commands that show and change what maild recorded: issues, customers, quarantine."""
+
+from __future__ import annotations
+
+import click
+from sqlalchemy import update
+
+from .. import queries
+from ..app import build
+from ..config import Settings
+from ..models import RawMessage
+from . import json_option, main, print_json, with_settings
+
+
+def _issue_line(i: dict) -> str:
+    return (
+        f"#{i['id']:<6} {i['status']:<7} {i['category']:<14} {i['interactions']:>3}  "
+        f"{(i['customer'] or '-'):<30} {i['subject'][:60]}"
+    )
+
+
+@main.group()
+def issues() -> None:
+    """List and show issues."""
+
+
+@issues.command("list")
+@with_settings
+@json_option
+@click.option("--status", type=click.Choice(["open", "pending", "closed"]))
+@click.option("--category")
+@click.option("--customer", help="Customer email address.")
+def issues_list(settings: Settings, as_json: bool, status, category, customer) -> None:
+    app = build(settings)
+    with app.sessions() as session:
+        rows = queries.list_issues(session, status, category, customer)
+    if as_json:
+        print_json(rows)
+    else:
+        for row in rows:
+            click.echo(_issue_line(row))
+
+
+@issues.command("show")
+@with_settings
+@json_option
+@click.argument("issue_id", type=int)
+def issues_show(settings: Settings, as_json: bool, issue_id: int) -> None:
+    app = build(settings)
+    with app.sessions() as session:
+        data = queries.show_issue(session, issue_id)
+    if data is None:
+        raise click.ClickException(f"no issue #{issue_id}")
+    if as_json:
+        print_json(data)
+        return
+    click.echo(_issue_line(data))
+    for i in data["interactions"]:
+        auto = f" [auto: {i['auto']}]" if i["auto"] else ""
+        click.echo(f"\n--- {i['direction']} {i['kind']} {i['date'] or ''} from {i['from']}{auto}")
+        click.echo(f"Subject: {i['subject']}")
+        click.echo(i["new_text"])
+
+
+@main.group()
+def customers() -> None:
+    """List and show customer identification records."""
+
+
+@customers.command("list")
+@with_settings
+@json_option
+def customers_list(settings: Settings, as_json: bool) -> None:
+    app = build(settings)
+    with app.sessions() as session:
+        rows = queries.list_customers(session)
+    if as_json:
+        print_json(rows)
+    else:
+        for c in rows:
+            click.echo(f"{c['id']:<6} {c['name'][:30]:<30} {', '.join(c['emails'])}")
+
+
+@customers.command("show")
+@with_settings
+@json_option
+@click.argument("customer_id", type=int)
+def customers_show(settings: Settings, as_json: bool, customer_id: int) -> None:
+    app = build(settings)
+    with app.sessions() as session:
+        data = queries.show_customer(session, customer_id)
+    if data is None:
+        raise click.ClickException(f"no customer {customer_id}")
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"{data['id']}: {data['name']} <{', '.join(data['emails'])}>")
+    for i in data["issues"]:
+        click.echo(f"  #{i['id']} {i['status']} {i['subject']}")
+
+
+@main.group()
+def quarantine() -> None:
+    """Messages that failed a stage: list, show, retry, discard."""
+
+
+@quarantine.command("list")
+@with_settings
+@json_option
+def quarantine_list(settings: Settings, as_json: bool) -> None:
+    app = build(settings)
+    with app.sessions() as session:
+        rows = queries.list_quarantine(session)
+    if as_json:
+        print_json(rows)
+    else:
+        for r in rows:
+            click.echo(f"{r['id']:<6} {r['mailbox']:<12} {r['stage']:<9} {(r['error'] or '')[:80]}")
+
+
+def _quarantined(session, raw_id: int) -> RawMessage:
+    raw = session.get(RawMessage, raw_id)
+    if raw is None or raw.state != "quarantined":
+        raise click.ClickException(f"message {raw_id} is not in quarantine")
+    return raw
+
+
+@quarantine.command("show")
+@with_settings
+@json_option
+@click.argument("raw_id", type=int)
+def quarantine_show(settings: Settings, as_json: bool, raw_id: int) -> None:
+    app = build(settings)
+    with app.sessions() as session:
+        data = queries.quarantine_json(_quarantined(session, raw_id), with_raw=True)
+    if as_json:
+        print_json(data)
+    else:
+        click.echo(f"message {data['id']} ({data['mailbox']}, {data['size']} bytes, via {data['source']})")
+        click.echo(f"failed at stage {data['stage']}: {data['error']}")
+        click.echo("")
+        click.echo(data["raw"][:4000])
+
+
+@quarantine.command("retry")
+@with_settings
+@click.option("--all", "retry_all", is_flag=True, help="Retry every quarantined message.")
+@click.argument("raw_ids", type=int, nargs=-1)
+def quarantine_retry(settings: Settings, retry_all: bool, raw_ids: tuple[int, ...]) -> None:
+    """Run quarantined messages through the pipeline again (stored exactly once)."""
+    app = build(settings)
+    with app.sessions() as session, session.begin():
+        if retry_all:
+            raw_ids = tuple(r["id"] for r in queries.list_quarantine(session))
+        for rid in raw_ids:
+            _quarantined(session, rid).state = "pending"
+    for o in app.pipeline.process(raw_ids):
+        if o.stored:
+            click.echo(f"{o.raw_id}: {o.stored.outcome}" + (f" issue {o.stored.issue_id}" if o.stored.issue_id else ""))
+        else:
+            click.echo(f"{o.raw_id}: quarantined again at {o.stage}: {o.error}")
+
+
+@quarantine.command("discard")
+@with_settings
+@click.argument("raw_ids", type=int, nargs=-1, required=True)
+def quarantine_discard(settings: Settings, raw_ids: tuple[int, ...]) -> None:
+    """Give up on quarantined messages (the raw bytes are kept, marked discarded)."""
+    app = build(settings)
+    with app.sessions() as session, session.begin():
+        for rid in raw_ids:
+            _quarantined(session, rid)
+        session.execute(update(RawMessage).where(RawMessage.id.in_(raw_ids)).values(state="discarded"))
+    click.echo(f"discarded {len(raw_ids)} message(s)")

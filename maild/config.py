@@ -1,0 +1,273 @@
+"""The one configuration file: a TOML document validated at load.
+
+Unknown keys, wrong types and missing values are errors naming the file, the
+key and the problem. Secrets are never values here, only the names of the
+environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ADDRESS_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.:-]*?):(\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_address(value: str) -> str:
+    if not ADDRESS_RE.match(value):
+        raise ValueError(f"{value!r} is not an email address")
+    return value.strip()
+
+
+def _check_hostport(value: str) -> str:
+    m = HOSTPORT_RE.match(value)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+def _check_env_name(value: str | None) -> str | None:
+    if value is not None and not ENV_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class DatabaseConfig(_Strict):
+    url: str = "sqlite:///maild.db"
+
+
+class SmtpConfig(_Strict):
+    listen: str = "127.0.0.1:8025"
+    lmtp_listen: str | None = None
+    max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_backlog: int = Field(default=1000, gt=0)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    auth_users_env: str | None = None  # env var holding "user:password[,user:password...]"
+    auth_require_tls: bool = True
+
+    _listen = field_validator("listen", "lmtp_listen")(lambda v: v if v is None else _check_hostport(v))
+    _env = field_validator("auth_users_env")(_check_env_name)
+
+    @model_validator(mode="after")
+    def _tls_pair(self):
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        return self
+
+
+class OutboundConfig(_Strict):
+    relay: str = "127.0.0.1:25"
+    starttls: bool = False
+    user_env: str | None = None
+    password_env: str | None = None
+    message_id_domain: str | None = None  # default: the first mailbox's domain
+
+    _relay = field_validator("relay")(_check_hostport)
+    _env = field_validator("user_env", "password_env")(_check_env_name)
+
+
+class SecurityConfig(_Strict):
+    secret_env: str = "MAILD_SECRET"
+
+    _env = field_validator("secret_env")(_check_env_name)
+
+
+class ThreadingConfig(_Strict):
+    # Subject tags look like "[#123]", or "[PREFIX #123]" when a prefix is set,
+    # so another system's "[#123]" tags never match ours.
+    tag_prefix: str = ""
+
+    @field_validator("tag_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[A-Za-z0-9_.-]{1,20}", v):
+            raise ValueError("tag_prefix must be 1-20 letters, digits, '.', '_' or '-'")
+        return v
+
+
+class IngestConfig(_Strict):
+    max_message_size: int = Field(default=50 * 1024 * 1024, gt=0)
+    fold_plus_addresses: bool = True  # customer+tag@x matches customer@x
+    case_sensitive_local_part: bool = False
+
+
+class ImapConfig(_Strict):
+    host: str
+    port: int = Field(default=993, gt=0, lt=65536)
+    tls: Literal["none", "starttls", "tls"] = "tls"
+    user: str
+    password_env: str | None = None
+    oauth2_token_env: str | None = None
+    folder: str = "INBOX"
+    poll_interval: float = Field(default=60.0, gt=0)
+    processed_folder: str | None = "maild-processed"
+    keep_on_server: bool = False
+
+    _env = field_validator("password_env", "oauth2_token_env")(_check_env_name)
+
+    @model_validator(mode="after")
+    def _credentials(self):
+        if (self.password_env is None) == (self.oauth2_token_env is None):
+            raise ValueError("exactly one of password_env and oauth2_token_env is required")
+        return self
+
+
+class MailboxConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    address: str
+    aliases: tuple[str, ...] = ()
+    category: str = "uncategorized"
+    display_name: str | None = None
+    imap: ImapConfig | None = None
+
+    _addr = field_validator("address")(_check_address)
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_address(a) for a in v)
+
+    @property
+    def all_addresses(self) -> tuple[str, ...]:
+        return (self.address.lower(), *(a.lower() for a in self.aliases))
+
+
+class RepConfig(_Strict):
+    name: str
+    email: str
+    aliases: tuple[str, ...] = ()
+
+    _addr = field_validator("email")(_check_address)
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_address(a) for a in v)
+
+    @property
+    def all_addresses(self) -> tuple[str, ...]:
+        return (self.email.lower(), *(a.lower() for a in self.aliases))
+
+
+class CategoryConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+
+
+class Settings(_Strict):
+    database: DatabaseConfig = DatabaseConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    outbound: OutboundConfig = OutboundConfig()
+    security: SecurityConfig = SecurityConfig()
+    threading: ThreadingConfig = ThreadingConfig()
+    ingest: IngestConfig = IngestConfig()
+    mailbox: tuple[MailboxConfig, ...] = Field(min_length=1)
+    rep: tuple[RepConfig, ...] = ()
+    category: tuple[CategoryConfig, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [m.name for m in self.mailbox]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"mailbox names must be unique: {sorted(dup)}")
+        addrs = [a for m in self.mailbox for a in m.all_addresses]
+        dup = {a for a in addrs if addrs.count(a) > 1}
+        if dup:
+            raise ValueError(f"a mailbox address or alias is configured twice: {sorted(dup)}")
+        known = {"uncategorized", *(c.name for c in self.category)}
+        for m in self.mailbox:
+            if m.category not in known:
+                raise ValueError(
+                    f"mailbox {m.name!r} names category {m.category!r}, which no [[category]] defines"
+                )
+        return self
+
+    def mailbox_named(self, name: str) -> MailboxConfig:
+        for m in self.mailbox:
+            if m.name == name:
+                return m
+        raise ConfigError(f"no mailbox named {name!r} (configured: {', '.join(m.name for m in self.mailbox)})")
+
+    @property
+    def own_addresses(self) -> frozenset[str]:
+        return frozenset(a for m in self.mailbox for a in m.all_addresses)
+
+    @property
+    def message_id_domain(self) -> str:
+        return self.outbound.message_id_domain or self.mailbox[0].address.rpartition("@")[2].lower()
+
+    def secret(self) -> bytes:
+        """The signing secret from the environment; an error when unset."""
+        value = os.environ.get(self.security.secret_env, "")
+        if len(value) < 16:
+            raise ConfigError(
+                f"environment variable {self.security.secret_env} (security.secret_env) "
+                "must hold the signing secret, at least 16 characters"
+            )
+        return value.encode()
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def parse_settings(data: dict, source: str) -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = _key_path(err["loc"])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            elif err["type"] == "missing":
+                msg = "missing value"
+            lines.append(f"{source}: {key}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load(path: str | os.PathLike | None) -> Settings:
+    """Load and validate the config file at path (or $MAILD_CONFIG)."""
+    if path is None:
+        path = os.environ.get("MAILD_CONFIG")
+    if not path:
+        raise ConfigError("no config file: pass -c FILE or set MAILD_CONFIG")
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return parse_settings(data, str(p))

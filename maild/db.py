@@ -1,0 +1,99 @@
+"""Database engine, sessions and schema migration (SQLite or PostgreSQL).
+
+The schema is only ever created or changed by Alembic migrations; the config's
+reps and categories are mirrored into their tables at start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import models
+from .config import Settings
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def normalise_url(url: str) -> str:
+    """postgresql:// means psycopg 3, the driver maild ships with."""
+    u = make_url(url)
+    if u.drivername in ("postgresql", "postgres"):
+        u = u.set(drivername="postgresql+psycopg")
+    return u.render_as_string(hide_password=False)
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 10})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            # Take transaction control from the sqlite3 module (so SAVEPOINTs
+            # work) and make durability explicit: WAL, a full fsync per commit.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=10000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn):
+            # IMMEDIATE: take the write lock up front, so a transaction that
+            # reads then writes waits for another writer instead of failing.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest migration."""
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def sync_config(session: Session, settings: Settings) -> None:
+    """Mirror configured reps and categories into the database."""
+    wanted = {"uncategorized": ""} | {c.name: c.description for c in settings.category}
+    have = {c.name: c for c in session.scalars(select(models.Category))}
+    for name, description in wanted.items():
+        if name in have:
+            have[name].description = description
+        else:
+            session.add(models.Category(name=name, description=description))
+    reps = {r.email.lower(): r for r in session.scalars(select(models.Rep))}
+    for rc in settings.rep:
+        rep = reps.pop(rc.email.lower(), None)
+        if rep is None:
+            rep = models.Rep(email=rc.email.lower(), name=rc.name)
+            session.add(rep)
+        rep.name, rep.aliases, rep.active = rc.name, [a.lower() for a in rc.aliases], True
+    for gone in reps.values():
+        gone.active = False
+    session.commit()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors after which the same work may succeed later (locked, unreachable)."""
+    if isinstance(exc, OperationalError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OSError)

@@ -1,0 +1,50 @@
+"""Read-only database lookups the pure stages call (identify, thread)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..models import Action, CustomerAddress, Interaction, Issue
+
+
+class DbLookup:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def customer_by_key(self, key: str) -> int | None:
+        return self.session.scalar(select(CustomerAddress.customer_id).where(CustomerAddress.key == key))
+
+    def issues_by_message_ids(self, ids: Sequence[str]) -> dict[str, int]:
+        ids = list(dict.fromkeys(i for i in ids if i))[:200]
+        if not ids:
+            return {}
+        rows = self.session.execute(
+            select(Interaction.message_id, func.min(Action.issue_id))
+            .join(Action, Action.interaction_id == Interaction.id)
+            .where(Interaction.message_id.in_(ids))
+            .group_by(Interaction.message_id)
+        )
+        return {mid: issue_id for mid, issue_id in rows}
+
+    def issue_exists(self, issue_id: int) -> bool:
+        return self.session.get(Issue, issue_id) is not None
+
+    def is_participant(self, issue_id: int, customer_id: int | None, email: str) -> bool:
+        issue = self.session.get(Issue, issue_id)
+        if issue is None:
+            return False
+        if customer_id is not None and issue.customer_id == customer_id:
+            return True
+        email = email.lower()
+        if email in (c.lower() for c in issue.cc):
+            return True
+        sender = self.session.scalar(
+            select(Interaction.id)
+            .join(Action, Action.interaction_id == Interaction.id)
+            .where(Action.issue_id == issue_id, func.lower(Interaction.from_email) == email)
+            .limit(1)
+        )
+        return sender is not None

@@ -1,0 +1,222 @@
+"""The parse stage: raw bytes in, a ParsedMessage out.
+
+mail-parser builds the MIME tree and decodes the address, subject and date
+headers; this module chooses the body, keeps everything else as attachments
+and never lets a forwarded message's inner headers leak into the outer
+message's threading or identity. It never touches the database.
+"""
+
+from __future__ import annotations
+
+import email.header
+import email.message
+import logging
+import re
+from datetime import timezone
+
+import mailparser
+from inscriptis import get_text
+
+from .quotes import new_text as strip_quotes
+from .records import Address, Attachment, ParsedMessage
+
+logging.getLogger("mailparser").setLevel(logging.ERROR)
+
+MSGID_RE = re.compile(r"<([^<>\s]{1,250})>")
+FOLD_RE = re.compile(r"\r?\n[ \t]+")
+SAFE_NAME_RE = re.compile(r"[^\w.\- ()\[\]+,@]+", re.UNICODE)
+MAX_TEXT = 2 * 1024 * 1024  # characters of body text kept; the raw message keeps the rest
+
+
+def _bytes_to_text(data: bytes, charset: str | None, defects: list[str]) -> str:
+    """Decode body bytes: the declared charset, else UTF-8, else Windows-1252."""
+    if charset:
+        try:
+            return data.decode(charset)
+        except LookupError:
+            defects.append(f"unknown charset {charset!r}")
+        except UnicodeDecodeError:
+            defects.append(f"body is not valid {charset}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace")
+
+
+def _raw_header_text(value) -> str:
+    """A header value as text, even when it arrived as raw 8-bit bytes."""
+    if isinstance(value, email.header.Header):
+        value = str(value)
+    value = str(value or "")
+    if any("\udc80" <= ch <= "\udcff" for ch in value):
+        raw = value.encode("ascii", "surrogateescape")
+        try:
+            value = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            value = raw.decode("cp1252", errors="replace")
+    return FOLD_RE.sub(" ", value)
+
+
+def decode_header(value) -> str:
+    """RFC 2047 words decoded (also across folded lines); unknown charsets tolerated."""
+    text = _raw_header_text(value)
+    if "=?" not in text:
+        return text.strip()
+    try:
+        chunks = email.header.decode_header(text)
+    except Exception:  # noqa: BLE001 - a hostile header must not stop parsing
+        return text.strip()
+    out: list[str] = []
+    for part, charset in chunks:
+        if isinstance(part, str):
+            out.append(part)
+        else:
+            out.append(_bytes_to_text(part, charset, []))
+    return "".join(out).strip()
+
+
+def message_ids(value) -> tuple[str, ...]:
+    text = _raw_header_text(value)
+    ids = MSGID_RE.findall(text)
+    if not ids and text.strip() and " " not in text.strip():
+        ids = [text.strip()]  # a bare id without angle brackets
+    return tuple(dict.fromkeys(ids))
+
+
+def safe_filename(name: str, fallback: str) -> str:
+    name = decode_header(name).replace("\\", "/").rsplit("/", 1)[-1]
+    name = SAFE_NAME_RE.sub("_", name).strip(" ._")[:200]
+    return name or fallback
+
+
+def _addresses(pairs) -> tuple[Address, ...]:
+    out = []
+    for name, addr in pairs or ():
+        addr = (addr or "").strip().strip("<>")
+        if "@" in addr and len(addr) <= 320:
+            out.append(Address(name=decode_header(name or ""), email=addr))
+    return tuple(out)
+
+
+class _Body:
+    """Collects the text parts and the attachments of one message tree."""
+
+    def __init__(self) -> None:
+        self.plain: list[str] = []
+        self.html: list[str] = []
+        self.attachments: list[Attachment] = []
+        self.defects: list[str] = []
+
+    def walk(self, part: email.message.Message) -> None:
+        ctype = part.get_content_type()
+        if ctype.startswith("message/") and ctype not in ("message/delivery-status",):
+            self._attach_message(part)
+        elif part.is_multipart():
+            payload = part.get_payload()
+            if isinstance(payload, list):
+                for child in payload:
+                    if isinstance(child, email.message.Message):
+                        self.walk(child)
+        else:
+            self._leaf(part, ctype)
+
+    def _attach_message(self, part: email.message.Message) -> None:
+        payload = part.get_payload()
+        inner = payload[0] if isinstance(payload, list) and payload else None
+        try:
+            data = inner.as_bytes() if inner is not None else (part.get_payload(decode=True) or b"")
+        except Exception:  # noqa: BLE001 - malformed inner message: keep what serialises
+            data = str(inner).encode("utf-8", "surrogateescape")
+        subject = decode_header(inner.get("Subject", "")) if inner is not None else ""
+        name = part.get_filename() or (subject + ".eml" if subject else "forwarded.eml")
+        n = len(self.attachments) + 1
+        self.attachments.append(
+            Attachment(safe_filename(name, f"message-{n}.eml"), part.get_content_type(), data)
+        )
+
+    def _leaf(self, part: email.message.Message, ctype: str) -> None:
+        disposition = part.get_content_disposition()
+        filename = part.get_filename()
+        data = part.get_payload(decode=True) or b""
+        if ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename:
+            text = _bytes_to_text(data, part.get_content_charset(), self.defects)
+            (self.plain if ctype == "text/plain" else self.html).append(text)
+            return
+        cid = part.get("Content-ID")
+        cid = cid.strip().strip("<>") if isinstance(cid, str) else None
+        ext = (part.get_content_subtype() or "bin")[:10]
+        n = len(self.attachments) + 1
+        self.attachments.append(
+            Attachment(
+                filename=safe_filename(filename or "", f"attachment-{n}.{ext}"),
+                content_type=ctype,
+                data=data,
+                content_id=cid or None,
+                inline=disposition == "inline" or (bool(cid) and disposition != "attachment"),
+            )
+        )
+
+
+def html_to_text(html: str) -> str:
+    try:
+        return get_text(html).strip()
+    except Exception:  # noqa: BLE001 - broken HTML: fall back to stripping tags
+        return re.sub(r"<[^>]+>", " ", html).strip()
+
+
+def _defects(mp: mailparser.MailParser, extra: list[str]) -> tuple[str, ...]:
+    found: list[str] = []
+    for entry in mp.defects or ():
+        for values in entry.values():
+            found.extend(str(v) for v in values)
+    return tuple(dict.fromkeys([*found, *extra]))[:50]
+
+
+def parse(raw: bytes, envelope_to: tuple[str, ...] = ()) -> ParsedMessage:
+    mp = mailparser.MailParser.from_bytes(raw)
+    msg = mp.message
+    body = _Body()
+    body.walk(msg)
+    html = "\n".join(body.html) if body.html else None
+    text = "\n".join(body.plain) if body.plain else (html_to_text(html) if html else "")
+    text = text.replace("\r\n", "\n")[:MAX_TEXT]
+    date = mp.date
+    return ParsedMessage(
+        message_id=next(iter(message_ids(msg.get("Message-ID", ""))), None),
+        in_reply_to=message_ids(msg.get("In-Reply-To", "")),
+        references=message_ids(msg.get("References", "")),
+        from_=next(iter(_addresses(mp.from_)), None),
+        to=_addresses(mp.to),
+        cc=_addresses(mp.cc),
+        reply_to=_addresses(mp.reply_to),
+        subject=decode_header(msg.get("Subject", ""))[:1000],
+        date=date.astimezone(timezone.utc) if date is not None and date.tzinfo is not None else None,
+        text=text,
+        new_text=strip_quotes(text) if text.strip() else "",
+        html=html,
+        attachments=tuple(body.attachments),
+        defects=_defects(mp, body.defects),
+        envelope_to=tuple(envelope_to),
+        message=msg,
+    )
+
+
+def as_json(p: ParsedMessage, auto: str | None = None, bounce: dict | None = None) -> dict:
+    """The stable shape `maild parse --json` prints; fields only ever grow."""
+    return {
+        "message_id": p.message_id,
+        "in_reply_to": p.in_reply_to[0] if p.in_reply_to else None,
+        "references": list(p.references),
+        "from": p.from_.as_json() if p.from_ else None,
+        "to": [a.as_json() for a in p.to],
+        "cc": [a.as_json() for a in p.cc],
+        "reply_to": [a.as_json() for a in p.reply_to],
+        "subject": p.subject,
+        "date": p.date.isoformat() if p.date else None,
+        "text": p.text,
+        "new_text": p.new_text,
+        "attachments": [a.as_json() for a in p.attachments],
+        "auto": auto,
+        "bounce": bounce,
+        "defects": list(p.defects),
+    }

@@ -1,0 +1,99 @@
+"""The thread stage: which issue a message belongs to.
+
+In this order: our signed reply token in a recipient address; In-Reply-To,
+then References (newest first), matching any stored interaction, inbound or
+outbound; a bounce's original Message-ID; our subject tag, only when the
+sender already takes part in that issue or is a rep; else a new issue in the
+mailbox's category. Pure: it reads through the lookup, never writes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from ..outbound.tokens import TokenSigner
+from .records import Classification, CustomerMatch, ParsedMessage, ThreadDecision
+
+
+class ThreadLookup(Protocol):
+    def issues_by_message_ids(self, ids: Sequence[str]) -> dict[str, int]: ...
+
+    def issue_exists(self, issue_id: int) -> bool: ...
+
+    def is_participant(self, issue_id: int, customer_id: int | None, email: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ThreadContext:
+    signer: TokenSigner | None
+    own_addresses: frozenset[str]
+    tag_re: re.Pattern[str]
+    category: str
+
+
+def subject_tag_re(prefix: str) -> re.Pattern[str]:
+    """`[#123]`, or `[PREFIX #123]` when the instance has a prefix."""
+    lead = re.escape(prefix) + r"\s*" if prefix else ""
+    return re.compile(r"\[" + lead + r"#(\d{1,12})\]", re.I)
+
+
+def subject_tag(prefix: str, issue_id: int) -> str:
+    return f"[{prefix} #{issue_id}]" if prefix else f"[#{issue_id}]"
+
+
+def _by_token(msg: ParsedMessage, ctx: ThreadContext, lookup: ThreadLookup) -> ThreadDecision | None:
+    if ctx.signer is None:
+        return None
+    token = ctx.signer.find(msg.recipients, ctx.own_addresses)
+    if token and lookup.issue_exists(token.issue_id):
+        return ThreadDecision(token.issue_id, "token", ctx.category, token.rep_id, token.purpose)
+    return None
+
+
+def _by_message_ids(msg: ParsedMessage, cls: Classification, lookup: ThreadLookup) -> ThreadDecision | None:
+    wanted = [(mid, "in-reply-to") for mid in msg.in_reply_to]
+    wanted += [(mid, "references") for mid in reversed(msg.references)]
+    if cls.bounce and cls.bounce.original_message_id:
+        wanted.append((cls.bounce.original_message_id, "bounce"))
+    if not wanted:
+        return None
+    found = lookup.issues_by_message_ids([mid for mid, _ in wanted])
+    for mid, reason in wanted:
+        if mid in found:
+            return ThreadDecision(found[mid], reason)
+    return None
+
+
+def _by_subject_tag(
+    msg: ParsedMessage, sender: CustomerMatch | None, ctx: ThreadContext, lookup: ThreadLookup
+) -> ThreadDecision | None:
+    m = ctx.tag_re.search(msg.subject)
+    if not m or sender is None:
+        return None
+    issue_id = int(m.group(1))
+    if not lookup.issue_exists(issue_id):
+        return None
+    if sender.is_rep or lookup.is_participant(issue_id, sender.customer_id, sender.email):
+        return ThreadDecision(issue_id, "subject-tag")
+    return None
+
+
+def thread(
+    msg: ParsedMessage,
+    cls: Classification,
+    sender: CustomerMatch | None,
+    ctx: ThreadContext,
+    lookup: ThreadLookup,
+) -> ThreadDecision:
+    decision = (
+        _by_token(msg, ctx, lookup)
+        or _by_message_ids(msg, cls, lookup)
+        or _by_subject_tag(msg, sender, ctx, lookup)
+    )
+    if decision is not None:
+        return ThreadDecision(
+            decision.issue_id, decision.reason, ctx.category, decision.token_rep_id, decision.token_purpose
+        )
+    return ThreadDecision(None, "new", ctx.category)

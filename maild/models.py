@@ -1,0 +1,230 @@
+"""The data model, after the ArsDigita customer-service tables.
+
+Identification records (customers), reps, categories, issues, interactions,
+the actions joining issues and interactions many-to-many, attachments stored
+once by content hash, and the raw message store every message enters through.
+Schema changes go through Alembic migrations in maild/migrations, never
+create_all.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: DateTime(timezone=True), dict: JSON, list: JSON}
+
+
+class RawMessage(Base):
+    """Every message exactly as it arrived; durable before anything is acknowledged."""
+
+    __tablename__ = "raw_messages"
+    __table_args__ = (UniqueConstraint("mailbox", "dedupe_key", name="uq_raw_messages_dedupe"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mailbox: Mapped[str] = mapped_column(String(100))
+    dedupe_key: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    source: Mapped[str] = mapped_column(String(20))  # smtp, lmtp, imap, pipe, import
+    envelope_from: Mapped[str | None] = mapped_column(String(320))
+    envelope_to: Mapped[list] = mapped_column(default=list)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # pending -> done | quarantined; quarantined -> pending (retry) | discarded
+    state: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    stage: Mapped[str | None] = mapped_column(String(20))
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    processed_at: Mapped[datetime | None]
+    # What the pipeline made of it when it was not an interaction of its own.
+    outcome: Mapped[str | None] = mapped_column(String(40))
+
+
+class Customer(Base):
+    """An identification record: registered user or not, recognised by any address."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    postal_code: Mapped[str | None] = mapped_column(String(20))
+    phone: Mapped[str | None] = mapped_column(String(50))
+    other_id_info: Mapped[str | None] = mapped_column(Text)
+    registered_user_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    tags: Mapped[list] = mapped_column(default=list)
+    language: Mapped[str | None] = mapped_column(String(20))
+    time_zone: Mapped[str | None] = mapped_column(String(50))
+    birthday: Mapped[date | None] = mapped_column(Date)
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    addresses: Mapped[list[CustomerAddress]] = relationship(
+        back_populates="customer", order_by="CustomerAddress.id", cascade="all, delete-orphan"
+    )
+
+
+class CustomerAddress(Base):
+    __tablename__ = "customer_addresses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320))  # as first seen
+    # The comparison form (lowercased domain, folded per config); unique.
+    key: Mapped[str] = mapped_column(String(320), unique=True)
+    failing_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    customer: Mapped[Customer] = relationship(back_populates="addresses")
+
+
+class Rep(Base):
+    """A customer-service representative, kept in step with the config."""
+
+    __tablename__ = "reps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    aliases: Mapped[list] = mapped_column(default=list)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Category(Base):
+    __tablename__ = "categories"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+class Issue(Base):
+    __tablename__ = "issues"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    status: Mapped[str] = mapped_column(String(10), default="open", index=True)  # open, pending, closed
+    category_id: Mapped[int] = mapped_column(ForeignKey("categories.id"))
+    priority: Mapped[str] = mapped_column(String(10), default="normal")
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("reps.id"))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    mailbox: Mapped[str] = mapped_column(String(100))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    tags: Mapped[list] = mapped_column(default=list)
+    cc: Mapped[list] = mapped_column(default=list)
+    order_id: Mapped[str | None] = mapped_column(String(100))
+    gift_certificate_id: Mapped[str | None] = mapped_column(String(100))
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    category: Mapped[Category] = relationship()
+    customer: Mapped[Customer | None] = relationship()
+    assignee: Mapped[Rep | None] = relationship()
+
+
+class Interaction(Base):
+    """One mail (or call, or note) between the customer and customer service."""
+
+    __tablename__ = "interactions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    direction: Mapped[str] = mapped_column(String(10))  # inbound, outbound, internal
+    channel: Mapped[str] = mapped_column(String(10), default="email")  # email, phone, note, web
+    mailbox: Mapped[str | None] = mapped_column(String(100))
+    customer_id: Mapped[int | None] = mapped_column(ForeignKey("customers.id"), index=True)
+    rep_id: Mapped[int | None] = mapped_column(ForeignKey("reps.id"))
+    from_name: Mapped[str] = mapped_column(String(200), default="")
+    from_email: Mapped[str | None] = mapped_column(String(320))
+    to: Mapped[list] = mapped_column(default=list)
+    cc: Mapped[list] = mapped_column(default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    date: Mapped[datetime | None]
+    message_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    in_reply_to: Mapped[str | None] = mapped_column(String(255))
+    references: Mapped[list] = mapped_column(default=list)
+    full_text: Mapped[str] = mapped_column(Text, default="")
+    new_text: Mapped[str] = mapped_column(Text, default="")
+    html: Mapped[str | None] = mapped_column(Text, deferred=True)
+    auto: Mapped[str | None] = mapped_column(String(100))  # why it counts as automatic
+    auto_generated: Mapped[bool] = mapped_column(Boolean, default=False)
+    bounce: Mapped[dict | None]
+    mailing_list: Mapped[str | None] = mapped_column(String(255))
+    thread_reason: Mapped[str | None] = mapped_column(String(20))
+    defects: Mapped[list] = mapped_column(default=list)
+    raw_message_id: Mapped[int | None] = mapped_column(ForeignKey("raw_messages.id"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    actions: Mapped[list[Action]] = relationship(back_populates="interaction", order_by="Action.id")
+    attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")
+
+
+class Action(Base):
+    """The part of one interaction that deals with one issue (many-to-many)."""
+
+    __tablename__ = "actions"
+    __table_args__ = (UniqueConstraint("issue_id", "interaction_id", name="uq_actions_issue_interaction"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"), index=True)
+    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id"), index=True)
+    follow_up_required: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    issue: Mapped[Issue] = relationship()
+    interaction: Mapped[Interaction] = relationship(back_populates="actions")
+
+
+class Blob(Base):
+    """Attachment content, stored once however many mails carry it."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    interaction_id: Mapped[int] = mapped_column(ForeignKey("interactions.id"), index=True)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(255))
+    content_id: Mapped[str | None] = mapped_column(String(255))
+    inline: Mapped[bool] = mapped_column(Boolean, default=False)
+    size: Mapped[int] = mapped_column(Integer)
+
+
+Index("ix_issues_updated", Issue.updated_at)

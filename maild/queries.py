@@ -1,0 +1,195 @@
+"""The read side: issues, customers and quarantine as the CLI shows them.
+
+Each function returns plain JSON-ready dicts in the documented shape; fields
+are only ever added, never renamed or removed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from .models import Action, Category, Customer, CustomerAddress, Interaction, Issue, RawMessage, Rep
+
+
+def _iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC (SQLite hands back naive datetimes; maild stores UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat()
+
+
+def _primary_email(customer: Customer | None) -> str | None:
+    return customer.addresses[0].email if customer and customer.addresses else None
+
+
+def _issue_row(issue: Issue, count: int, last: datetime | None) -> dict:
+    return {
+        "id": issue.id,
+        "status": issue.status,
+        "category": issue.category.name,
+        "priority": issue.priority,
+        "subject": issue.subject,
+        "mailbox": issue.mailbox,
+        "customer": _primary_email(issue.customer),
+        "customer_id": issue.customer_id,
+        "assignee": issue.assignee.email if issue.assignee else None,
+        "tags": list(issue.tags),
+        "created": _iso(issue.opened_at),
+        "updated": _iso(max(filter(None, [issue.updated_at, last]), default=None)),
+        "closed": _iso(issue.closed_at),
+        "interactions": count,
+    }
+
+
+def list_issues(
+    session: Session, status: str | None = None, category: str | None = None, customer: str | None = None,
+    limit: int | None = None,
+) -> list[dict]:
+    counts = (
+        select(Action.issue_id, func.count(Action.id).label("n"), func.max(Action.created_at).label("last"))
+        .group_by(Action.issue_id)
+        .subquery()
+    )
+    q = (
+        select(Issue, func.coalesce(counts.c.n, 0), counts.c.last)
+        .outerjoin(counts, counts.c.issue_id == Issue.id)
+        .options(selectinload(Issue.category), selectinload(Issue.customer).selectinload(Customer.addresses))
+        .order_by(Issue.id)
+    )
+    if status:
+        q = q.where(Issue.status == status)
+    if category:
+        q = q.where(Issue.category.has(Category.name == category))
+    if customer:
+        q = q.where(
+            Issue.customer_id.in_(
+                select(CustomerAddress.customer_id).where(func.lower(CustomerAddress.email) == customer.lower())
+            )
+        )
+    if limit:
+        q = q.limit(limit)
+    return [_issue_row(issue, n, last) for issue, n, last in session.execute(q)]
+
+
+def interaction_json(i: Interaction) -> dict:
+    return {
+        "id": i.id,
+        "direction": i.direction,
+        "kind": i.channel,
+        "from": i.from_email,
+        "from_name": i.from_name,
+        "to": list(i.to),
+        "cc": list(i.cc),
+        "subject": i.subject,
+        "date": _iso(i.date),
+        "message_id": i.message_id,
+        "in_reply_to": i.in_reply_to,
+        "new_text": i.new_text,
+        "auto": i.auto,
+        "bounce": i.bounce,
+        "thread_reason": i.thread_reason,
+        "rep": i.rep_id,
+        "attachments": [
+            {"filename": a.filename, "content_type": a.content_type, "size": a.size, "sha256": a.sha256}
+            for a in i.attachments
+        ],
+        "follow_up_required": [a.follow_up_required for a in i.actions if a.follow_up_required],
+    }
+
+
+def show_issue(session: Session, issue_id: int) -> dict | None:
+    issue = session.get(Issue, issue_id)
+    if issue is None:
+        return None
+    interactions = session.scalars(
+        select(Interaction)
+        .join(Action, Action.interaction_id == Interaction.id)
+        .where(Action.issue_id == issue_id)
+        .options(selectinload(Interaction.attachments), selectinload(Interaction.actions))
+        .order_by(Interaction.id)
+    ).all()
+    last = max((i.created_at for i in interactions), default=None)
+    out = _issue_row(issue, len(interactions), last)
+    out["cc"] = list(issue.cc)
+    out["order_id"] = issue.order_id
+    out["gift_certificate_id"] = issue.gift_certificate_id
+    out["customer_record"] = customer_json(issue.customer) if issue.customer else None
+    out["interactions"] = [interaction_json(i) for i in interactions]
+    return out
+
+
+def customer_json(c: Customer) -> dict:
+    return {
+        "id": c.id,
+        "name": c.name,
+        "emails": [a.email for a in c.addresses],
+        "registered_user_id": c.registered_user_id,
+        "postal_code": c.postal_code,
+        "phone": c.phone,
+        "other_id_info": c.other_id_info,
+        "tags": list(c.tags),
+        "language": c.language,
+        "time_zone": c.time_zone,
+        "birthday": c.birthday.isoformat() if c.birthday else None,
+        "created": _iso(c.created_at),
+    }
+
+
+def list_customers(session: Session) -> list[dict]:
+    rows = session.scalars(
+        select(Customer).where(Customer.merged_into_id.is_(None)).options(selectinload(Customer.addresses)).order_by(Customer.id)
+    )
+    return [customer_json(c) for c in rows]
+
+
+def show_customer(session: Session, customer_id: int) -> dict | None:
+    c = session.get(Customer, customer_id)
+    if c is None:
+        return None
+    out = customer_json(c)
+    out["issues"] = list_issues_for_customer(session, customer_id)
+    return out
+
+
+def list_issues_for_customer(session: Session, customer_id: int) -> list[dict]:
+    ids = select(Customer.id).where((Customer.id == customer_id) | (Customer.merged_into_id == customer_id))
+    rows = session.scalars(
+        select(Issue).where(Issue.customer_id.in_(ids)).options(selectinload(Issue.category)).order_by(Issue.id)
+    )
+    return [
+        {"id": i.id, "status": i.status, "category": i.category.name, "subject": i.subject,
+         "created": _iso(i.opened_at), "updated": _iso(i.updated_at)}
+        for i in rows
+    ]
+
+
+def quarantine_json(r: RawMessage, with_raw: bool = False) -> dict:
+    out = {
+        "id": r.id,
+        "mailbox": r.mailbox,
+        "source": r.source,
+        "state": r.state,
+        "stage": r.stage,
+        "error": r.error,
+        "attempts": r.attempts,
+        "size": r.size,
+        "received": _iso(r.received_at),
+        "dedupe_key": r.dedupe_key,
+    }
+    if with_raw:
+        out["raw"] = r.data.decode("utf-8", "replace")
+    return out
+
+
+def list_quarantine(session: Session) -> list[dict]:
+    rows = session.scalars(select(RawMessage).where(RawMessage.state == "quarantined").order_by(RawMessage.id))
+    return [quarantine_json(r) for r in rows]
+
+
+def rep_emails(session: Session) -> dict[int, str]:
+    return {r.id: r.email for r in session.scalars(select(Rep))}
