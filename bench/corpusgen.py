@@ -124,7 +124,8 @@ FOLLOW_UPS = {
            "Vous trouverez une capture d'écran en pièce jointe.", "Merci pour votre réponse rapide."],
 }
 REP_LINES = [
-    "I've checked order #{order}: it left our warehouse on Friday and should reach you within two working days.",
+    "I've checked order #{order}: it left our warehouse on Friday and should reach you"
+    " within two working days.",
     "I've issued a refund to your original payment method; it usually shows up within 5 business days.",
     "Could you send me a screenshot of the error message you see?",
     "I've reset your account, please try logging in again with the link I've just sent you.",
@@ -380,7 +381,8 @@ class _Generator:
     def _letter(self, author: _Person, greeting: str, body: str) -> str:
         paragraph = textwrap.fill(body, 72)
         if author.rep:
-            return f"{greeting}\n\n{paragraph}\n\nKind regards,\n{author.name}\n-- \nAcme Support\nhttps://acme.test/help\n"
+            return (f"{greeting}\n\n{paragraph}\n\nKind regards,\n{author.name}\n"
+                    "-- \nAcme Support\nhttps://acme.test/help\n")
         closing = self.rng.choice(CLOSINGS[author.lang])
         signature = author.name or author.email.split("@")[0]
         return f"{greeting}\n\n{paragraph}\n\n{closing}\n{signature}\n"
@@ -432,20 +434,8 @@ class _Generator:
         return name, "image/png", _png(rng, rng.randrange(200, 3000))
 
     def _message_id(self, author: _Person) -> str:
-        rng = self.rng
         while True:
-            u = f"{rng.getrandbits(128):032x}"
-            uuid = f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-{u[20:]}"
-            domain = author.email.split("@")[1]
-            mid = {
-                "gmail": lambda: f"CA{_token(rng, 40)}@mail.gmail.test",
-                "outlook": lambda: (f"AM0PR07MB{rng.randrange(1000, 9999)}{u[:14].upper()}"
-                                    f"@AM0PR07MB{rng.randrange(1000, 9999)}.eurprd07.prod.outlook.test"),
-                "apple": lambda: f"{uuid.upper()}@{domain}",
-                "thunderbird": lambda: f"{uuid}@{domain}",
-                "webde": lambda: f"trinity-{uuid}-{int(self.now.timestamp() * 1000)}@3c-app-webde-bap12",
-                "helpdesk": lambda: f"{int(self.now.timestamp())}.{u[:12]}.{author.email.split('@')[0]}@acme.test",
-            }[author.client]()
+            mid = _client_message_id(self.rng, author, self.now)
             if mid not in self.ids:
                 self.ids.add(mid)
                 return mid
@@ -491,6 +481,25 @@ class _Generator:
         return head + em.as_bytes()
 
 
+def _client_message_id(rng: random.Random, author: _Person, now: datetime) -> str:
+    """A Message-ID shaped the way the author's client shapes them."""
+    u = f"{rng.getrandbits(128):032x}"
+    uuid = f"{u[:8]}-{u[8:12]}-{u[12:16]}-{u[16:20]}-{u[20:]}"
+    local, domain = author.email.split("@")
+    if author.client == "gmail":
+        return f"CA{_token(rng, 40)}@mail.gmail.test"
+    if author.client == "outlook":
+        host = f"AM0PR07MB{rng.randrange(1000, 9999)}"
+        return f"{host}{u[:14].upper()}@{host}.eurprd07.prod.outlook.test"
+    if author.client == "apple":
+        return f"{uuid.upper()}@{domain}"
+    if author.client == "webde":
+        return f"trinity-{uuid}-{int(now.timestamp() * 1000)}@3c-app-webde-bap12"
+    if author.client == "helpdesk":
+        return f"{int(now.timestamp())}.{u[:12]}.{local}@acme.test"
+    return f"{uuid}@{domain}"
+
+
 def _support() -> _Person:
     return _Person("Acme Support", SUPPORT, "helpdesk", "en", timezone.utc, rep=False)
 
@@ -531,9 +540,11 @@ OUTLOOK_HEAD = (
     '<meta name="Generator" content="Microsoft Word 15 (filtered medium)"><style><!--\n'
     '@font-face {font-family:"Cambria Math"; panose-1:2 4 5 3 5 4 6 3 2 4;}\n'
     '@font-face {font-family:Calibri; panose-1:2 15 5 2 2 2 4 3 2 4;}\n'
-    'p.MsoNormal, li.MsoNormal, div.MsoNormal {margin:0cm; font-size:11.0pt; font-family:"Calibri",sans-serif;}\n'
+    'p.MsoNormal, li.MsoNormal, div.MsoNormal {margin:0cm; font-size:11.0pt;'
+    ' font-family:"Calibri",sans-serif;}\n'
     'a:link, span.MsoHyperlink {mso-style-priority:99; color:#0563C1; text-decoration:underline;}\n'
-    'span.EmailStyle17 {mso-style-type:personal-compose; font-family:"Calibri",sans-serif; color:windowtext;}\n'
+    'span.EmailStyle17 {mso-style-type:personal-compose; font-family:"Calibri",sans-serif;'
+    ' color:windowtext;}\n'
     '.MsoChpDefault {mso-style-type:export-only; font-family:"Calibri",sans-serif;}\n'
     '@page WordSection1 {size:612.0pt 792.0pt; margin:70.85pt 70.85pt 2.0cm 70.85pt;}\n'
     'div.WordSection1 {page:WordSection1;}\n--></style></head>'
@@ -562,7 +573,8 @@ def _png(rng: random.Random, size: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", 64, 48, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rng.randbytes(size)) + chunk(b"IEND", b"")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rng.randbytes(size))
+            + chunk(b"IEND", b""))
 
 
 def _name(spec: str) -> tuple[str, str]:

@@ -226,5 +226,7 @@ class Attachment(Base):
     inline: Mapped[bool] = mapped_column(Boolean, default=False)
     size: Mapped[int] = mapped_column(Integer)
 
+    blob: Mapped[Blob] = relationship()
+
 
 Index("ix_issues_updated", Issue.updated_at)

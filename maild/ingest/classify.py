@@ -10,7 +10,9 @@ from __future__ import annotations
 import email.message
 import re
 from dataclasses import dataclass
+from email.errors import HeaderParseError
 from email.header import decode_header
+from email.utils import collapse_rfc2231_value
 
 from maild.ingest.records import Bounce, Classification
 
@@ -26,8 +28,9 @@ class OwnMail:
 
 def classify(message: email.message.Message, sender: str | None, own: OwnMail) -> Classification:
     sender = (sender or "").strip().lower()
-    report, auto = _report(message)
-    bounce = report or _non_delivery(message, sender)
+    bounce, auto = _report(message)
+    if bounce is None and auto is None:
+        bounce = _non_delivery(message, sender)
     if bounce is not None:
         auto = f"bounce: {bounce.kind}"
     return Classification(
@@ -47,7 +50,7 @@ def _decode(value: object) -> str:
         return ""
     try:
         chunks = decode_header(value)  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001 - hostile encoded words; fall back to raw text
+    except (HeaderParseError, LookupError, ValueError, TypeError):  # hostile encoded words
         chunks = [(str(value), None)]
     out = []
     for data, charset in chunks:
@@ -117,8 +120,8 @@ def _attached(part: email.message.Message) -> email.message.Message | None:
     payload = part.get_payload()
     if isinstance(payload, list) and payload and isinstance(payload[0], email.message.Message):
         return payload[0]
-    if isinstance(payload, str) and payload.strip():
-        return email.message_from_string(payload[:_MAX_TEXT])
+    if isinstance(payload, str) and payload.strip():  # text/rfc822-headers, or unparsed
+        return email.message_from_string(_text(part) or payload[:_MAX_TEXT])
     return None
 
 
@@ -132,17 +135,17 @@ def _report(message: email.message.Message) -> tuple[Bounce | None, str | None]:
     """A report by structure (RFC 3464, 5965, 8098) and any auto reason for it."""
     parts = _parts(message)
     types = {p.get_content_type() for p in parts}
-    kinds = {str(p.get_param("report-type") or "").lower() for p in parts if p.get_content_type() == "multipart/report"}
-    original = _returned_id(message, parts)
+    kinds = {_report_type(p) for p in parts if p.get_content_type() == "multipart/report"}
     if "message/feedback-report" in types or "feedback-report" in kinds or _is_jmrp(parts):
-        return Bounce("feedback-report", original, _arf_recipients(parts)), None
-    if _header(message, "X-Apple-Unsubscribe").lower() == "true":
-        return Bounce("feedback-report", original), None
+        return Bounce("feedback-report", _returned_id(message, parts), _arf_recipients(parts)), None
+    if _header(message, "X-Apple-Unsubscribe").lower() == "true":  # Apple Mail's one-click opt-out
+        return Bounce("feedback-report", None), None
     if "message/disposition-notification" in types or "disposition-notification" in kinds:
         return None, "mdn"
     status_parts = [p for p in parts if p.get_content_type() == "message/delivery-status"]
     if not status_parts and "delivery-status" not in kinds:
         return None, None
+    original = _returned_id(message, parts)
     fields = [block for p in status_parts for block in _field_blocks(p)]
     failed = [f for f in fields if _failed(f)]
     if fields and not failed and any(_action(f) in _DELIVERED for f in fields):
@@ -150,6 +153,11 @@ def _report(message: email.message.Message) -> tuple[Bounce | None, str | None]:
     recipients = tuple(dict.fromkeys(r for r in map(_recipient, failed) if r))
     status = next((f["status"].split()[0] for f in failed if f.get("status", "").strip()), None)
     return Bounce("dsn", original or _body_id(message, parts), recipients, status), None
+
+
+def _report_type(part: email.message.Message) -> str:
+    value = part.get_param("report-type") or ""
+    return str(collapse_rfc2231_value(value) if isinstance(value, tuple) else value).strip().lower()
 
 
 def _field_blocks(part: email.message.Message) -> list[dict[str, str]]:
@@ -280,6 +288,8 @@ _RECIPIENT_LINE = re.compile(
     r"[ \t]*(?::|$|\.{3}|\()",
     re.I | re.M,
 )
+_FAILED_LINE = re.compile(rf"{_FAILURE}|unknown|invalid|error|reach", re.I)
+_FAILED_ADDRESS = re.compile(rf"(?:\bto|user|recipient|address)\s*:?\s*<?({_ADDRESS})", re.I)
 _ORIGINAL_STARTS = re.compile(r"^(?:Received|Return-Path|Message-ID|From|Date):", re.I | re.M)
 _FORWARDED = re.compile(r"^\s*(?:fwd?|wg|tr|rv|enc|doorst)\s*:", re.I)
 _SES = re.compile(r'"notificationType"\s*:\s*"(Bounce|Complaint)"')
@@ -300,7 +310,7 @@ def _non_delivery(message: email.message.Message, sender: str) -> Bounce | None:
     if ses := _SES.search(text[:2000]):
         return _ses_bounce(ses.group(1), text)
     report = text[: m.start()] if (m := _ORIGINAL_STARTS.search(text)) else text
-    scraped = [a.lower() for a in _RECIPIENT_LINE.findall(report)]
+    scraped = _scrape_recipients(report)
     wording = _BOUNCE_BODY.search(text)
     if not (failed or (machine and (subject or wording or scraped)) or ((subject or null or noreply) and wording)):
         return None
@@ -308,6 +318,15 @@ def _non_delivery(message: email.message.Message, sender: str) -> Bounce | None:
     status = m.group(1) if (m := _STATUS.search(report)) else None
     original = _returned_id(message, parts) or _body_id(message, parts)
     return Bounce("non-delivery", original, recipients, status)
+
+
+def _scrape_recipients(report: str) -> list[str]:
+    """Addresses a report names as failed: on a line of their own, or after "to"/"user"."""
+    found = _RECIPIENT_LINE.findall(report)
+    for line in report.splitlines()[:200]:
+        if _FAILED_LINE.search(line):
+            found += _FAILED_ADDRESS.findall(line)
+    return list(dict.fromkeys(a.lower() for a in found))
 
 
 def _ses_bounce(kind: str, text: str) -> Bounce:

@@ -30,32 +30,31 @@ _MOBILE_FOOTER = re.compile(
     r"|Sent from (?:Mail for Windows|Outlook|Yahoo Mail|TypeApp|BlueMail"
     r"|Proton ?Mail|Gmail|AOL|Samsung|Spark|myMail|Edison)\b[^.,;!?<]{0,40}"
     r"|Get Outlook for (?:iOS|Android)"
-    rf"|Envoy\u00e9 (?:de|depuis) mon {_WORDS}"
-    r"|Envoy\u00e9 \u00e0 partir de Outlook pour (?:iOS|Android)"
+    rf"|Envoyé (?:de|depuis) mon {_WORDS}"
+    r"|Envoyé à partir de Outlook pour (?:iOS|Android)"
     rf"|Von meinem {_WORDS} gesendet"
-    rf"|Gesendet von (?:meinem {_WORDS}|Outlook f\u00fcr (?:iOS|Android)"
-    r"|Mail f\u00fcr Windows(?: 10)?)"
+    rf"|Gesendet von (?:meinem {_WORDS}|Outlook für (?:iOS|Android)"
+    r"|Mail für Windows(?: 10)?)"
     rf"|Enviado desde mi {_WORDS}"
     rf"|Enviado do meu {_WORDS}"
     rf"|Verzonden (?:vanaf|met) (?:mijn )?{_WORDS}"
     rf"|Inviato da(?:l mio)? {_WORDS}"
-    rf"|Skickat fr\u00e5n min {_WORDS}"
+    rf"|Skickat från min {_WORDS}"
     rf"|Sendt fra min {_WORDS}"
-    rf"|\u041e\u0442\u043f\u0440\u0430\u0432\u043b\u0435\u043d\u043e \u0441 {_WORDS}"
-    rf"|Wys\u0142ane z {_WORDS}"
+    rf"|Отправлено с {_WORDS}"
+    rf"|Wysłane z {_WORDS}"
     r")[ \t]*(?:<[^<>\s]*>|\([^()\s]*\))?\.?[ \t]*$",
     re.IGNORECASE,
 )
 
 # "-----Original Message-----" and its localised and forwarding relatives.
 _DELIMITER = re.compile(
-    r"[ \t]*(?:[-_=*]{2,}[ \t]*(?:Original Message|Urspr\u00fcngliche Nachricht"
+    r"[ \t]*(?:[-_=*]{2,}[ \t]*(?:Original Message|Ursprüngliche Nachricht"
     r"|Message d'origine|Oprindelig (?:besked|meddelelse)|Mensaje original"
     r"|Oorspronkelijk bericht|Messaggio originale|Mensagem original"
-    r"|Ursprungligt meddelande|Opprinnelig melding|Alkuper\u00e4inen viesti"
-    r"|\u0418\u0441\u0445\u043e\u0434\u043d\u043e\u0435 \u0441\u043e\u043e\u0431\u0449\u0435\u043d\u0438\u0435"
-    r"|Oryginalna wiadomo\u015b\u0107|Forwarded message|Weitergeleitete Nachricht"
-    r"|Message transf\u00e9r\u00e9|Mensaje reenviado|Doorgestuurd bericht"
+    r"|Ursprungligt meddelande|Opprinnelig melding|Alkuperäinen viesti"
+    r"|Исходное сообщение|Oryginalna wiadomość|Forwarded message|Weitergeleitete Nachricht"
+    r"|Message transféré|Mensaje reenviado|Doorgestuurd bericht"
     r"|Messaggio inoltrato|Mensagem encaminhada|Vidarebefordrat meddelande"
     r"|Videresendt (?:besked|meddelelse|melding)|Reply message)"
     r"[ \t]*(?:[-_=*]{2,})?|Begin forwarded message:)[ \t]*$",
@@ -67,20 +66,16 @@ _SEPARATOR = re.compile(r"[ \t]*[-_=*~]{4,}[ \t]*$")
 # Header labels of an Outlook-style block, grouped by what they name.
 _LABEL = re.compile(
     r"[ \t\u00a0]*\*?(?:"
-    r"(?P<from>From|Von|De|Van|Da|Fra|Fr\u00e5n|L\u00e4hett\u00e4j\u00e4|\u041e\u0442|Od"
-    r"|Felad\u00f3|Kimden|\u53d1\u4ef6\u4eba|\u5bc4\u4ef6\u8005|\u5dee\u51fa\u4eba)"
-    r"|(?P<date>Sent|Date|Gesendet|Datum|Envoy\u00e9(?: le)?|Enviado(?: el)?|Fecha"
-    r"|Verzonden|Inviato|Data|Enviada(?: em)?|Skickat|Sendt|Dato|L\u00e4hetetty"
-    r"|P\u00e4iv\u00e4m\u00e4\u00e4r\u00e4|\u041e\u0442\u043f\u0440\u0430\u0432\u043b\u0435\u043d\u043e"
-    r"|\u0414\u0430\u0442\u0430|Wys\u0142ano|Message du|\u53d1\u9001\u65f6\u95f4"
-    r"|\u65e5\u671f|\u5bc4\u4ef6\u65e5\u671f|\u9001\u4fe1\u65e5\u6642)"
-    r"|(?P<to>To|An|\u00c0|A|Para|Aan|Til|Till|Vastaanottaja|\u041a\u043e\u043c\u0443|Do"
-    r"|C\u00edmzett|Kime|\u6536\u4ef6\u4eba|\u5b9b\u5148)"
+    r"(?P<from>From|Von|De|Van|Da|Fra|Från|Lähettäjä|От|Od|Feladó|Kimden"
+    r"|发件人|寄件者|差出人)"
+    r"|(?P<date>Sent|Date|Gesendet|Datum|Envoyé(?: le)?|Enviado(?: el)?|Fecha"
+    r"|Verzonden|Inviato|Data|Enviada(?: em)?|Skickat|Sendt|Dato|Lähetetty"
+    r"|Päivämäärä|Отправлено|Дата|Wysłano|Message du|发送时间|日期|寄件日期|送信日時)"
+    r"|(?P<to>To|An|À|A|Para|Aan|Til|Till|Vastaanottaja|Кому|Do|Címzett|Kime"
+    r"|收件人|宛先)"
     r"|(?P<subject>Subject|Betreff|Objet|Sujet|Asunto|Onderwerp|Oggetto|Assunto"
-    r"|\u00c4mne|Emne|Aihe|\u0422\u0435\u043c\u0430|Temat|T\u00e1rgy|Konu"
-    r"|\u4e3b\u9898|\u4e3b\u65e8|\u4ef6\u540d)"
-    r"|(?P<cc>Cc|Kopie|Copie(?: \u00e0)?|Kopia|\u041a\u043e\u043f\u0438\u044f|M\u00e1solat"
-    r"|\u6284\u9001)"
+    r"|Ämne|Emne|Aihe|Тема|Temat|Tárgy|Konu|主题|主旨|件名)"
+    r"|(?P<cc>Cc|Kopie|Copie(?: à)?|Kopia|Копия|Másolat|抄送)"
     r")\*?[ \t\u00a0]*[:\uff1a]",
     re.IGNORECASE,
 )
@@ -90,11 +85,9 @@ _OPENER = re.compile(
     r"[-\u2013\u2014 \t]*(?:On|Am|Le|El|Op|Il|In data|Em|Den|Dne|Dnia|W dniu)\s"
 )
 _VERB_AT_END = re.compile(
-    r"(?<!\w)(?:wrote|a \u00e9crit|a ecrit|escribi\u00f3|escribio|ha scritto|escreveu"
-    r"|kirjoitti|skrev|schrieb|schreef|\u00edrta"
-    r"|napisa\u0142(?:\(a\)|a)?|napsal(?:\(a\)|a)?"
-    r"|\u043d\u0430\u043f\u0438\u0441\u0430\u043b(?:\(\u0430\)|\u0430)?"
-    r"|\u043d\u0430\u043f\u0438\u0441\u0430\u0432(?:\(\u043b\u0430\)|\u043b\u0430)?)"
+    r"(?<!\w)(?:wrote|a\s+écrit|a\s+ecrit|escribió|escribio|ha\s+scritto|escreveu"
+    r"|kirjoitti|skrev|schrieb|schreef|írta"
+    r"|napisał(?:\(a\)|a)?|napsal(?:\(a\)|a)?|написал(?:\(а\)|а)?|написав(?:\(ла\)|ла)?)"
     r"\s*(?P<end>[:\uff1a]|-{2,})?\s*$",
     re.IGNORECASE,
 )
@@ -122,9 +115,9 @@ def _new_lines(lines: list[str]) -> list[int]:
         if _is_quoted(line) or _is_wrapped_quote(lines, i):
             dropped = True
             continue
-        stop = _stop_at(lines, i)
-        if stop is not None:
-            _cut(kept, lines, i, labels=stop)
+        block = _is_header_block(lines, i)
+        if block or _ends_new_text(line):
+            _cut(kept, lines, i, labels=block)
             return kept
         start = _reply_header_start(lines, i)
         if start is not None:
@@ -145,7 +138,7 @@ def _new_lines(lines: list[str]) -> list[int]:
 def _is_quoted(line: str) -> bool:
     """A ">" line; up to three leading spaces allowed (four make code).
 
-    ">:" alone is not a quote but the end of a header wrapped inside "<addr>".
+    A line starting ">:" is no quote but the end of a header wrapped in "<addr>".
     """
     head = line[:4].lstrip(" ")
     return head.startswith(">") and not head.startswith(">:")
@@ -159,21 +152,12 @@ def _is_wrapped_quote(lines: list[str], i: int) -> bool:
     return _is_quoted(above) and len(above) >= _WRAP_MIN and _is_quoted(below)
 
 
-def _stop_at(lines: list[str], i: int) -> bool | None:
-    """Whether everything from line i on is history or signature.
-
-    None: no. False: yes. True: yes, and i starts a header block, so header
-    label lines just above it belong to the history too.
-    """
-    line = lines[i]
+def _ends_new_text(line: str) -> bool:
+    """A signature delimiter, a mobile footer or an "Original Message" line."""
     head = line[:_SCAN]
     if _SIGNATURE.match(head) or _DELIMITER.match(head):
-        return False
-    if len(line) <= _FOOTER_MAX and _MOBILE_FOOTER.match(line):
-        return False
-    if _is_header_block(lines, i):
         return True
-    return None
+    return len(line) <= _FOOTER_MAX and _MOBILE_FOOTER.match(line) is not None
 
 
 def _is_header_block(lines: list[str], i: int) -> bool:
@@ -193,14 +177,22 @@ def _is_header_block(lines: list[str], i: int) -> bool:
 
 
 def _cut(kept: list[int], lines: list[str], start: int, *, labels: bool, trim: bool = True) -> None:
-    """Drop kept lines from start on, then what only announced the cut part."""
+    """Drop kept lines from start on, then what only announced the cut part.
+
+    labels: header lines (Date:, ...) just above start go too. trim: so do
+    blank and separator lines (____, ====) that end what is left.
+    """
     while kept and kept[-1] >= start:
         kept.pop()
     while labels and kept and kept[-1] == start - 1 and _LABEL.match(lines[start - 1][:_SCAN]):
         kept.pop()
         start -= 1
-    while trim and kept and (not lines[kept[-1]].strip() or _SEPARATOR.match(lines[kept[-1]][:_SCAN])):
+    while trim and kept and _is_blank_or_separator(lines[kept[-1]]):
         kept.pop()
+
+
+def _is_blank_or_separator(line: str) -> bool:
+    return not line.strip() or _SEPARATOR.match(line[:_SCAN]) is not None
 
 
 def _quote_follows(lines: list[str], j: int) -> bool:
@@ -231,16 +223,25 @@ def _reply_header_start(lines: list[str], end: int) -> int | None:
 
 
 def _extend_header(lines: list[str], start: int, end: int) -> int:
-    """Take in the lines above that a client wrapped off the header's start."""
-    while start > end - 2 and start > 0 and not _OPENER.match(lines[start]):
-        above = lines[start - 1].strip()
-        if not above or _is_quoted(above) or len(above) > _HEADER_MAX // 2:
+    """Take in the lines above that a client wrapped off the header's start.
+
+    Up to the header's third line: to an opener ("On", "Am", ...) if there is
+    one, else one line if it carries the date (Finnish, Russian headers).
+    """
+    if _OPENER.match(lines[start]):
+        return start
+    above = []
+    for k in range(start - 1, max(end - 3, -1), -1):
+        line = lines[k].strip()
+        if not line or _is_quoted(line) or len(line) > _HEADER_MAX // 2:
             break
-        if above.endswith(_SENTENCE_END):
+        if line.endswith(_SENTENCE_END):
             break
-        if not (_OPENER.match(above) or _DIGIT.search(above)):
-            break
-        start -= 1
+        if _OPENER.match(line):
+            return k
+        above.append(k)
+    if above and _DIGIT.search(lines[above[0]]):
+        return above[0]
     return start
 
 
@@ -250,12 +251,17 @@ def _looks_like_reply_header(text: str) -> bool:
     has_at = "@" in text
     opener = _OPENER.match(text) is not None
     verb = _VERB_AT_END.search(text[-80:])
-    if verb is not None:
-        if verb.group("end") is None and not has_at:
-            return False
-        return has_at or _CLOCK.search(text) is not None or (opener and _DIGIT.search(text) is not None)
-    if not text.endswith((":", "\uff1a")) or _DIGIT.search(text) is None:
+    has_clock = _CLOCK.search(text) is not None
+    has_digit = _DIGIT.search(text) is not None
+    if verb is not None:  # "... wrote:", "... a écrit :", "... napisał(a):"
+        if verb.group("end") is None:  # a bare "wrote" needs an address
+            return has_at
+        return has_at or has_clock or (opener and has_digit)
+    if not text.endswith((":", "\uff1a")) or not has_digit:
         return False
-    if _VERB_IN_MIDDLE.search(text):
-        return has_at or opener or _CLOCK.search(text) is not None
-    return has_at and _DATE_OR_TIME.search(text) is not None and _ADDRESS_COLON.search(text[-120:]) is not None
+    if _VERB_IN_MIDDLE.search(text):  # "Am <date> schrieb <name>:"
+        return has_at or opener or has_clock
+    # Gmail in some locales: "<date>, <time>, <name> <addr>:"
+    if not has_at or _DATE_OR_TIME.search(text) is None:
+        return False
+    return _ADDRESS_COLON.search(text[-120:]) is not None

@@ -63,16 +63,18 @@ def _new_issue(session: Session, raw: RawMessage, msg: ParsedMessage, category: 
 
 
 def _attachments(session: Session, interaction: Interaction, msg: ParsedMessage) -> None:
-    added: set[str] = set()
+    blobs: dict[str, Blob] = {}
     for att in msg.attachments:
         digest = att.sha256
-        if digest not in added and session.get(Blob, digest) is None:
-            session.add(Blob(sha256=digest, size=att.size, data=att.data))
-            added.add(digest)
+        blob = blobs.get(digest) or session.get(Blob, digest)
+        if blob is None:
+            blob = Blob(sha256=digest, size=att.size, data=att.data)
+            session.add(blob)
+        blobs[digest] = blob
         session.add(
             Attachment(
                 interaction_id=interaction.id,
-                sha256=digest,
+                blob=blob,
                 filename=att.filename,
                 content_type=att.content_type[:255],
                 content_id=(att.content_id or "")[:255] or None,
@@ -151,6 +153,7 @@ def store(
         issue.status, issue.closed_at, reopened = "open", None, True
     issue.updated_at = utcnow()
     _finish(raw, "interaction")
+    session.flush()
     return Stored(
         raw.id, "interaction", raw.mailbox, issue.id, interaction.id, new_issue, reopened,
         customer_id, sender.rep_id if sender else None, cls.auto, decision.reason,

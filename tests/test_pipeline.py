@@ -1,0 +1,231 @@
+"""The ingest pipeline end to end against a real database (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.utils import format_datetime
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from maild import queries
+from maild.ingest.intake import Incoming, accept
+from maild.models import Customer, Interaction, Issue, RawMessage
+
+
+def mail(
+    frm="Pat Customer <pat@example.com>", to="support@acme.test", subject="Printer on fire", body="It burns.",
+    msgid=None, in_reply_to=None, references=None, headers=None, cc=None,
+) -> bytes:
+    m = EmailMessage()
+    m["From"] = frm
+    m["To"] = to
+    if cc:
+        m["Cc"] = cc
+    m["Subject"] = subject
+    m["Date"] = format_datetime(datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc))
+    if msgid is not False:
+        m["Message-ID"] = msgid or f"<{abs(hash((frm, subject, body)))}@example.com>"
+    if in_reply_to:
+        m["In-Reply-To"] = in_reply_to
+    if references:
+        m["References"] = references
+    for k, v in (headers or {}).items():
+        m[k] = v
+    m.set_content(body)
+    return m.as_bytes()
+
+
+def ingest(app, raw: bytes, mailbox: str = "support", envelope_to=()):
+    accepted = accept(app.sessions, Incoming(raw, mailbox, "test", envelope_to=tuple(envelope_to)))
+    if accepted.duplicate:
+        return None
+    (outcome,) = app.pipeline.process([accepted.raw_id])
+    return outcome
+
+
+def count(app, model) -> int:
+    with app.sessions() as s:
+        return s.scalar(select(func.count()).select_from(model))
+
+
+def issue(app, issue_id: int) -> dict:
+    with app.sessions() as s:
+        return queries.show_issue(s, issue_id)
+
+
+def test_new_mail_opens_issue_with_customer_record(app):
+    o = ingest(app, mail(msgid="<a1@example.com>"))
+    assert o.state == "done" and o.stored.new_issue
+    data = issue(app, o.stored.issue_id)
+    assert data["status"] == "open" and data["category"] == "uncategorized"
+    assert data["customer"] == "pat@example.com"
+    assert data["customer_record"]["name"] == "Pat Customer"
+    assert [i["message_id"] for i in data["interactions"]] == ["a1@example.com"]
+
+
+def test_mailbox_category_applies_to_new_issues(app):
+    o = ingest(app, mail(to="billing@acme.test", msgid="<b1@example.com>"), mailbox="billing")
+    assert issue(app, o.stored.issue_id)["category"] == "billing"
+
+
+def test_reply_threads_by_in_reply_to(app):
+    first = ingest(app, mail(msgid="<t1@example.com>"))
+    reply = ingest(app, mail(subject="Re: Printer on fire", body="Still burning", msgid="<t2@example.com>",
+                             in_reply_to="<t1@example.com>"))
+    assert reply.stored.issue_id == first.stored.issue_id
+    assert reply.stored.thread_reason == "in-reply-to"
+
+
+def test_reply_threads_by_references_when_in_reply_to_is_unknown(app):
+    first = ingest(app, mail(msgid="<r1@example.com>"))
+    reply = ingest(app, mail(subject="Totally different", msgid="<r3@example.com>",
+                             in_reply_to="<not-ours@elsewhere.test>",
+                             references="<r1@example.com> <r2@elsewhere.test>"))
+    assert reply.stored.issue_id == first.stored.issue_id
+    assert reply.stored.thread_reason == "references"
+
+
+def test_subject_tag_threads_only_for_participants(app):
+    first = ingest(app, mail(msgid="<s1@example.com>"))
+    n = first.stored.issue_id
+    same = ingest(app, mail(subject=f"Re: [#{n}] Printer", body="more", msgid="<s2@example.com>"))
+    assert same.stored.issue_id == n and same.stored.thread_reason == "subject-tag"
+    stranger = ingest(app, mail(frm="eve@evil.test", subject=f"[#{n}] gimme", msgid="<s3@evil.test>"))
+    assert stranger.stored.new_issue and stranger.stored.issue_id != n
+    rep = ingest(app, mail(frm="Bob <bob@acme.test>", subject=f"[#{n}] note", msgid="<s4@acme.test>"))
+    assert rep.stored.issue_id == n
+
+
+def test_signed_token_in_recipient_threads(app):
+    first = ingest(app, mail(msgid="<k1@example.com>"))
+    n = first.stored.issue_id
+    addr = app.signer.address("support@acme.test", n, None, "customer")
+    o = ingest(app, mail(to=addr, subject="unrelated subject", msgid="<k2@example.com>"))
+    assert o.stored.issue_id == n and o.stored.thread_reason == "token"
+    forged = addr[:-15] + "aaaaaa" + addr[-9:]
+    o2 = ingest(app, mail(to=forged, subject="unrelated subject", msgid="<k3@example.com>"))
+    assert o2.stored.new_issue
+
+
+def test_same_message_twice_creates_one_interaction(app):
+    raw = mail(msgid="<dup@example.com>")
+    assert ingest(app, raw).state == "done"
+    assert ingest(app, raw) is None
+    # Same Message-ID, different bytes (another path added headers): still one.
+    assert ingest(app, b"Received: from relay\r\n" + raw) is None
+    assert count(app, Interaction) == 1 and count(app, RawMessage) == 1
+
+
+def test_message_without_message_id_dedupes_by_content(app):
+    raw = mail(msgid=False)
+    assert ingest(app, raw).state == "done"
+    assert ingest(app, raw) is None
+    assert count(app, Interaction) == 1
+
+
+def test_customer_recognised_by_any_address_case_insensitively(app):
+    a = ingest(app, mail(frm="Pat <Pat@Example.COM>", msgid="<c1@example.com>"))
+    b = ingest(app, mail(frm="pat@example.com", subject="Another thing", msgid="<c2@example.com>"))
+    assert a.stored.customer_id == b.stored.customer_id
+    assert count(app, Customer) == 1
+
+
+def test_mail_from_our_own_address_never_creates_customer(app):
+    o = ingest(app, mail(frm="help@acme.test", msgid="<own1@example.com>"))
+    assert o.state == "done"
+    assert count(app, Customer) == 0
+
+
+def test_rep_mail_is_recorded_without_a_customer_record(app):
+    first = ingest(app, mail(msgid="<p1@example.com>"))
+    o = ingest(app, mail(frm="Alice <alice@home.test>", to="pat@example.com", cc="support@acme.test",
+                         subject="Re: Printer on fire", msgid="<p2@acme.test>", in_reply_to="<p1@example.com>"))
+    assert o.stored.issue_id == first.stored.issue_id and o.stored.rep_id is not None
+    assert count(app, Customer) == 1
+
+
+def test_auto_reply_that_threads_nowhere_opens_no_issue(app):
+    o = ingest(app, mail(subject="Out of office", headers={"Auto-Submitted": "auto-replied"},
+                         msgid="<ooo@example.com>"))
+    assert o.stored.outcome == "unmatched-auto"
+    assert count(app, Issue) == 0
+
+
+def test_auto_reply_on_closed_issue_reopens_nothing_but_customer_reply_does(app):
+    first = ingest(app, mail(msgid="<z1@example.com>"))
+    n = first.stored.issue_id
+    with app.sessions() as s, s.begin():
+        s.get(Issue, n).status = "closed"
+    auto = ingest(app, mail(subject="Auto: Re: Printer", headers={"Auto-Submitted": "auto-replied"},
+                            msgid="<z2@example.com>", in_reply_to="<z1@example.com>"))
+    assert auto.stored.issue_id == n and auto.stored.auto and not auto.stored.reopened
+    assert issue(app, n)["status"] == "closed"
+    human = ingest(app, mail(subject="Re: Printer", msgid="<z3@example.com>", in_reply_to="<z1@example.com>"))
+    assert human.stored.reopened and issue(app, n)["status"] == "open"
+
+
+def test_forwarded_message_headers_never_thread(app):
+    first = ingest(app, mail(msgid="<f1@example.com>"))
+    inner = mail(frm="Other <other@example.org>", subject="inner", msgid="<inner@example.org>",
+                 in_reply_to="<f1@example.com>")
+    outer = EmailMessage()
+    outer["From"] = "Sam <sam@example.net>"
+    outer["To"] = "support@acme.test"
+    outer["Subject"] = "Fwd: inner"
+    outer["Message-ID"] = "<fw@example.net>"
+    outer.set_content("See below")
+    from email import message_from_bytes
+
+    outer.add_attachment(message_from_bytes(inner))
+    o = ingest(app, outer.as_bytes())
+    assert o.stored.new_issue and o.stored.issue_id != first.stored.issue_id
+    data = issue(app, o.stored.issue_id)
+    assert data["customer"] == "sam@example.net"
+    assert [a["content_type"] for a in data["interactions"][0]["attachments"]] == ["message/rfc822"]
+
+
+def test_stage_failure_quarantines_and_retry_stores_once(app, monkeypatch):
+    import maild.ingest.pipeline as pipeline
+
+    real = pipeline.thread
+    monkeypatch.setattr(pipeline, "thread", lambda *a: (_ for _ in ()).throw(RuntimeError("threading broke")))
+    o = ingest(app, mail(msgid="<q1@example.com>"))
+    assert o.state == "quarantined" and o.stage == "thread" and "threading broke" in o.error
+    with app.sessions() as s:
+        (row,) = queries.list_quarantine(s)
+    assert row["stage"] == "thread" and "RuntimeError" in row["error"]
+    assert count(app, Interaction) == 0
+    monkeypatch.setattr(pipeline, "thread", real)
+    with app.sessions() as s, s.begin():
+        s.get(RawMessage, o.raw_id).state = "pending"
+    (again,) = app.pipeline.process([o.raw_id])
+    assert again.state == "done"
+    (again2,) = app.pipeline.process([o.raw_id]) or [None]
+    assert again2 is None or again2.state == "done"
+    assert count(app, Interaction) == 1
+
+
+def test_no_sender_and_no_thread_is_quarantined_with_reason(app):
+    raw = b"To: support@acme.test\r\nSubject: who am I\r\nMessage-ID: <nosender@x.test>\r\n\r\nhello\r\n"
+    o = ingest(app, raw)
+    assert o.state == "quarantined" and o.stage == "store" and "From" in o.error
+
+
+def test_attachment_content_stored_once(app):
+    from maild.models import Blob
+
+    for i in range(2):
+        m = EmailMessage()
+        m["From"] = "pat@example.com"
+        m["To"] = "support@acme.test"
+        m["Subject"] = f"logs {i}"
+        m["Message-ID"] = f"<att{i}@example.com>"
+        m.set_content("attached")
+        m.add_attachment(b"\x89PNG same bytes", maintype="image", subtype="png", filename="../../etc/passwd.png")
+        ingest(app, m.as_bytes())
+    assert count(app, Blob) == 1
+    with app.sessions() as s:
+        names = [a.filename for a in s.scalars(select(Interaction)).first().attachments]
+    assert names == ["passwd.png"]
