@@ -62,7 +62,7 @@ class VerifyReport:
     replies_right: int = 0
     duplicates: int = 0  # Message-IDs shown more than once
     foreign: int = 0  # interactions whose Message-ID is not in the corpus
-    wrong_direction: int = 0
+    wrong_author: int = 0  # rep messages not marked as a rep's, or customer messages marked so
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -73,7 +73,7 @@ class VerifyReport:
     def ok(self) -> bool:
         return (self.issues == self.conversations and self.interactions == self.messages
                 and self.sampled_exact == self.sampled and not self.duplicates
-                and not self.foreign and not self.wrong_direction)
+                and not self.foreign and not self.wrong_author)
 
 
 # -- the floor ------------------------------------------------------------------
@@ -225,7 +225,7 @@ def verify(manifest: corpusgen.Manifest, issues_list: list[dict], shown_issues) 
         ids = [str(i.get("message_id") or "").strip().strip("<>") for i in issue.get("interactions", [])]
         seen.update(ids)
         report.sampled += 1
-        _check_directions(report, issue, manifest.messages, outbound)
+        _check_authors(report, issue, manifest.messages, outbound)
         _check_issue(report, issue, ids, manifest.messages, convs)
     report.duplicates = sum(n - 1 for n in seen.values() if n > 1)
     return report
@@ -255,13 +255,14 @@ def _check_issue(report: VerifyReport, issue: dict, ids: list[str], owner: dict[
                            f"conversations {sorted(n for n in {owner.get(m) for m in ids} if n)}")
 
 
-def _check_directions(report: VerifyReport, issue: dict, owner: dict[str, int],
-                      outbound: set[str]) -> None:
+def _check_authors(report: VerifyReport, issue: dict, owner: dict[str, int],
+                   outbound: set[str]) -> None:
+    """A rep's message must be marked as the rep's (outbound, or naming the rep); a customer's not."""
     for interaction in issue.get("interactions", []):
         mid = str(interaction.get("message_id") or "").strip().strip("<>")
-        direction = str(interaction.get("direction") or "")
-        if mid in owner and direction and direction.startswith("out") != (mid in outbound):
-            report.wrong_direction += 1
+        marked = str(interaction.get("direction") or "").startswith("out") or bool(interaction.get("rep"))
+        if mid in owner and marked != (mid in outbound):
+            report.wrong_author += 1
 
 
 def check(config: Path, manifest: corpusgen.Manifest, seed: int) -> tuple[VerifyReport, list[dict]]:
@@ -347,7 +348,7 @@ def finish(args, manifest, config: Path, floors: list[Timing], imports: list[Tim
          f"{report.replies_right_pct:.1f}% ({report.replies_right} / {report.replies}, sampled)"),
         ("merged / fragments", f"{report.merged} / {report.fragments} (sampled)"),
         ("duplicates / foreign", f"{report.duplicates} / {report.foreign} (sampled)"),
-        ("wrong direction", f"{report.wrong_direction} (sampled)"),
+        ("wrong author (rep/customer)", f"{report.wrong_author} (sampled)"),
         ("re-import", f"{again.seconds:.2f} s, exit {code}, issues {before[0]} -> {after[0]}, "
                       f"interactions {before[1]} -> {after[1]}" + ("" if reimport_ok else "  CHANGED")),
     ]

@@ -81,7 +81,7 @@ class OutboundConfig(_Strict):
     starttls: bool = False
     user_env: str | None = None
     password_env: str | None = None
-    message_id_domain: str | None = None  # default: the first mailbox's domain
+    message_id_domain: str | None = None  # default: "maild." + the first mailbox's domain
 
     _relay = field_validator("relay")(_check_hostport)
     _env = field_validator("user_env", "password_env")(_check_env_name)
@@ -216,7 +216,9 @@ class Settings(_Strict):
 
     @property
     def message_id_domain(self) -> str:
-        return self.outbound.message_id_domain or self.mailbox[0].address.rpartition("@")[2].lower()
+        # A subdomain of our own, so the Message-IDs reps' mail programs make
+        # under the company domain are never mistaken for maild's.
+        return self.outbound.message_id_domain or "maild." + self.mailbox[0].address.rpartition("@")[2].lower()
 
     def secret(self) -> bytes:
         """The signing secret from the environment; an error when unset."""

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import email.header
 import email.message
+import email.utils
 import logging
 import re
-from datetime import timezone
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import mailparser
+from mailparser.exceptions import MailParserRecursionError
 from inscriptis import get_text
 
 from .quotes import new_text as strip_quotes
@@ -22,6 +25,7 @@ from .records import Address, Attachment, ParsedMessage
 
 logging.getLogger("mailparser").setLevel(logging.ERROR)
 
+ADDR_RE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 MSGID_RE = re.compile(r"<([^<>\s]{1,250})>")
 FOLD_RE = re.compile(r"\r?\n[ \t]+")
 SAFE_NAME_RE = re.compile(r"[^\w.\- ()\[\]+,@]+", re.UNICODE)
@@ -46,7 +50,12 @@ def _bytes_to_text(data: bytes, charset: str | None, defects: list[str]) -> str:
 def _raw_header_text(value) -> str:
     """A header value as text, even when it arrived as raw 8-bit bytes."""
     if isinstance(value, email.header.Header):
-        value = str(value)
+        # compat32 wraps headers holding raw 8-bit bytes in a Header whose
+        # chunks are bytes tagged unknown-8bit: decode them ourselves.
+        value = "".join(
+            _bytes_to_text(part, None if cs in (None, "unknown-8bit") else cs, []) if isinstance(part, bytes) else part
+            for part, cs in email.header.decode_header(value)
+        )
     value = str(value or "")
     if any("\udc80" <= ch <= "\udcff" for ch in value):
         raw = value.encode("ascii", "surrogateescape")
@@ -68,10 +77,7 @@ def decode_header(value) -> str:
         return text.strip()
     out: list[str] = []
     for part, charset in chunks:
-        if isinstance(part, str):
-            out.append(part)
-        else:
-            out.append(_bytes_to_text(part, charset, []))
+        out.append(part if isinstance(part, str) else _bytes_to_text(part, charset, []))
     return "".join(out).strip()
 
 
@@ -164,38 +170,86 @@ def html_to_text(html: str) -> str:
         return re.sub(r"<[^>]+>", " ", html).strip()
 
 
-def _defects(mp: mailparser.MailParser, extra: list[str]) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class _Headers:
+    """What mail-parser (or, when it gives up, the stdlib) read of the headers."""
+
+    message: email.message.Message
+    from_: tuple[Address, ...]
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    reply_to: tuple[Address, ...]
+    date: datetime | None
+    defects: tuple[str, ...]
+
+
+def _with_mailparser(raw: bytes) -> _Headers:
+    mp = mailparser.MailParser.from_bytes(raw)
     found: list[str] = []
     for entry in mp.defects or ():
         for values in entry.values():
             found.extend(str(v) for v in values)
-    return tuple(dict.fromkeys([*found, *extra]))[:50]
+    return _Headers(mp.message, _addresses(mp.from_), _addresses(mp.to), _addresses(mp.cc),
+                    _addresses(mp.reply_to), mp.date, tuple(found))
+
+
+def _with_stdlib(raw: bytes, why: Exception) -> _Headers:
+    msg = email.message_from_bytes(raw)
+
+    def addrs(name: str) -> tuple[Address, ...]:
+        values = [_raw_header_text(v) for v in msg.get_all(name, [])]
+        return _addresses(email.utils.getaddresses(values))
+
+    try:
+        date = email.utils.parsedate_to_datetime(_raw_header_text(msg.get("Date", "")))
+    except (TypeError, ValueError, IndexError):
+        date = None
+    defect = f"mail-parser could not read the message ({type(why).__name__}: {why}); read with the stdlib"
+    return _Headers(msg, addrs("From"), addrs("To"), addrs("Cc"), addrs("Reply-To"), date, (defect,))
+
+
+def _sender(head: _Headers) -> Address | None:
+    """The From address; a broken From still yields the first address in it, else Sender."""
+    if head.from_:
+        return head.from_[0]
+    for name in ("From", "Sender"):
+        text = _raw_header_text(head.message.get(name, ""))
+        found = ADDR_RE.search(text)
+        if found:
+            display = text[: found.start()].strip().strip('"<').strip()
+            return Address(name=decode_header(display), email=found.group(0))
+    return None
 
 
 def parse(raw: bytes, envelope_to: tuple[str, ...] = ()) -> ParsedMessage:
-    mp = mailparser.MailParser.from_bytes(raw)
-    msg = mp.message
+    try:
+        head = _with_mailparser(raw)
+    except MailParserRecursionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - mail-parser's own bug on odd input
+        head = _with_stdlib(raw, exc)
+    msg = head.message
     body = _Body()
     body.walk(msg)
     html = "\n".join(body.html) if body.html else None
     text = "\n".join(body.plain) if body.plain else (html_to_text(html) if html else "")
     text = text.replace("\r\n", "\n")[:MAX_TEXT]
-    date = mp.date
+    date = head.date
     return ParsedMessage(
         message_id=next(iter(message_ids(msg.get("Message-ID", ""))), None),
         in_reply_to=message_ids(msg.get("In-Reply-To", "")),
         references=message_ids(msg.get("References", "")),
-        from_=next(iter(_addresses(mp.from_)), None),
-        to=_addresses(mp.to),
-        cc=_addresses(mp.cc),
-        reply_to=_addresses(mp.reply_to),
+        from_=_sender(head),
+        to=head.to,
+        cc=head.cc,
+        reply_to=head.reply_to,
         subject=decode_header(msg.get("Subject", ""))[:1000],
         date=date.astimezone(timezone.utc) if date is not None and date.tzinfo is not None else None,
         text=text,
         new_text=strip_quotes(text) if text.strip() else "",
         html=html,
         attachments=tuple(body.attachments),
-        defects=_defects(mp, body.defects),
+        defects=tuple(dict.fromkeys([*head.defects, *body.defects]))[:50],
         envelope_to=tuple(envelope_to),
         message=msg,
     )
