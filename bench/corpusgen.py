@@ -308,8 +308,7 @@ class _Generator:
             if addr not in self.addresses:
                 break
         self.addresses.add(addr)
-        weights = CLIENT_WEIGHTS.get(region if region in CLIENT_WEIGHTS else "other", {})
-        weights = weights or CLIENT_WEIGHTS["other"]
+        weights = CLIENT_WEIGHTS.get(region, CLIENT_WEIGHTS["other"])
         client = rng.choices(list(weights), list(weights.values()))[0]
         if rng.random() < 0.08:
             name = ""  # some clients send a bare address
@@ -363,7 +362,8 @@ class _Generator:
                         self._reply_subject(thread, parent, author), self._quote(author, parent, new),
                         refs, attachment)
 
-    def _reply_parties(self, thread: _Thread, parent: _Message):
+    def _reply_parties(self, thread: _Thread, parent: _Message) -> tuple[_Person, list[_Person], list[str]]:
+        """Who answers, and to whom: reps write to the customer with support in Cc."""
         rng, customer = self.rng, thread.customer
         if parent.author.rep:
             if rng.random() < 0.08:
@@ -461,11 +461,12 @@ class _Generator:
         else:
             em["Subject"] = msg.subject
         em["Date"] = format_datetime(msg.date.astimezone(msg.author.tz))
-        em["Message-ID"] = f"<{msg.message_id}>"
+        # Written by hand: the stdlib folds a long msg-id into an encoded word.
+        raw.append(f"Message-ID: <{msg.message_id}>")
         if msg.references:
-            em["In-Reply-To"] = f"<{msg.references[-1]}>"
-            em["References"] = " ".join(f"<{r}>" for r in msg.references)
-        text_cte = cte if not _encodable(msg.text, "ascii") else None
+            raw.append(f"In-Reply-To: <{msg.references[-1]}>")
+            raw.append("References: " + "\n ".join(f"<{r}>" for r in msg.references))
+        text_cte = None if msg.text.isascii() else cte
         em.set_content(msg.text, charset=charset, cte=text_cte)
         if rng.random() < html_share:
             em.add_alternative(_html(msg.text, msg.author.client), subtype="html", charset="utf-8")

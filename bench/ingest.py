@@ -223,7 +223,7 @@ def verify(manifest: corpusgen.Manifest, issues_list: list[dict], shown_issues) 
     seen: Counter[str] = Counter()
     for issue in shown:
         ids = [str(i.get("message_id") or "").strip().strip("<>") for i in issue.get("interactions", [])]
-        seen.update(ids)
+        seen.update(m for m in ids if m)
         report.sampled += 1
         _check_authors(report, issue, manifest.messages, outbound)
         _check_issue(report, issue, ids, manifest.messages, convs)
@@ -251,8 +251,9 @@ def _check_issue(report: VerifyReport, issue: dict, ids: list[str], owner: dict[
         if len(conv.message_ids) == len(ids) and set(conv.message_ids) == mine:
             report.sampled_exact += 1
             return
-    report.problems.append(f"issue {issue.get('id')}: {len(ids)} interactions from "
-                           f"conversations {sorted(n for n in {owner.get(m) for m in ids} if n)}")
+    found = ", ".join(f"{sum(owner.get(m) == n for m in ids)} of the {len(convs[n].message_ids)}"
+                      f" of conversation {n}" for n in sorted(numbers))
+    report.problems.append(f"issue {issue.get('id')}: {len(ids)} interactions: {found or 'none known'}")
 
 
 def _check_authors(report: VerifyReport, issue: dict, owner: dict[str, int],
@@ -283,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="work in DIR and keep corpus and databases")
     parser.add_argument("--repeat", type=int, default=1, help="time floor and import K times, report medians")
     args = parser.parse_args(argv)
+    if args.n < 1 or args.repeat < 1:
+        parser.error("--n and --repeat must be at least 1")
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         return run(args, args.keep)
@@ -319,10 +322,12 @@ def run(args: argparse.Namespace, work: Path) -> int:
     return finish(args, manifest, config, floors, imports)
 
 
-def finish(args, manifest, config: Path, floors: list[Timing], imports: list[Timing]) -> int:
+def finish(args: argparse.Namespace, manifest: corpusgen.Manifest, config: Path,
+           floors: list[Timing], imports: list[Timing]) -> int:
     try:
         report, issues = check(config, manifest, args.seed)
         again, code = run_import(config, manifest, config.parent / "reimport.log")
+        said = _tail((config.parent / "reimport.log").read_bytes(), 1)
         issues_after = maild_json(config, "issues", "list") if code == 0 else issues
     except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as exc:
         print(f"verify   failed: {exc}")
@@ -349,12 +354,13 @@ def finish(args, manifest, config: Path, floors: list[Timing], imports: list[Tim
         ("merged / fragments", f"{report.merged} / {report.fragments} (sampled)"),
         ("duplicates / foreign", f"{report.duplicates} / {report.foreign} (sampled)"),
         ("wrong author (rep/customer)", f"{report.wrong_author} (sampled)"),
-        ("re-import", f"{again.seconds:.2f} s, exit {code}, issues {before[0]} -> {after[0]}, "
-                      f"interactions {before[1]} -> {after[1]}" + ("" if reimport_ok else "  CHANGED")),
+        ("re-import", f"{again.seconds:.2f} s, exit {code}: {said}"),
+        ("after re-import", f"issues {before[0]} -> {after[0]}, interactions {before[1]} -> {after[1]}"
+                            + ("" if reimport_ok else "  CHANGED")),
     ]
     print("\nsummary")
     for label, value in rows:
-        print(f"  {label:<26} {value}")
+        print(f"  {label:<28} {value}")
     return 0 if report.ok and reimport_ok else 1
 
 

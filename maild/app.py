@@ -30,6 +30,7 @@ class App:
     pipeline: Pipeline
 
     def close(self) -> None:
+        self.pipeline.close()
         self.engine.dispose()
 
 
@@ -49,12 +50,13 @@ def make_signer(settings: Settings, required: bool = False) -> TokenSigner | Non
         return None
 
 
-def build(settings: Settings, *, secret_required: bool = False) -> App:
+def build(settings: Settings, *, secret_required: bool = False, workers: int = 1) -> App:
+    """Everything wired; workers > 1 parses batches in that many processes."""
     engine = db.make_engine(settings.database.url)
     db.migrate(engine)
     sessions = db.session_factory(engine)
     with sessions() as session:
         db.sync_config(session, settings)
     signer = make_signer(settings, secret_required)
-    pipeline = Pipeline(settings, sessions, signer)
+    pipeline = Pipeline(settings, sessions, signer, workers=workers)
     return App(settings, engine, sessions, signer, pipeline)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from itertools import islice
 from pathlib import Path
@@ -87,7 +88,7 @@ def import_(settings: Settings, mailbox_name: str, batch: int, path: str) -> Non
         total, messages = open_source(path)
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
-    app = build(settings)
+    app = build(settings, workers=os.cpu_count() or 1)
     app.pipeline.drain()
     new = dup = 0
     columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
@@ -106,6 +107,7 @@ def import_(settings: Settings, mailbox_name: str, batch: int, path: str) -> Non
             progress.advance(task, len(chunk))
     with app.sessions() as session:
         quarantined = len(queries.list_quarantine(session))
+    app.close()
     click.echo(f"imported {new} new message(s), {dup} already stored; {quarantined} in quarantine")
 
 

@@ -1,9 +1,10 @@
 """The parse stage: raw bytes in, a ParsedMessage out.
 
-mail-parser builds the MIME tree and decodes the address, subject and date
-headers; this module chooses the body, keeps everything else as attachments
-and never lets a forwarded message's inner headers leak into the outer
-message's threading or identity. It never touches the database.
+The stdlib builds the MIME tree; mail-parser's forgiving parsers read the
+address and date headers. This module decodes the rest, chooses the body,
+keeps everything else as attachments and never lets a forwarded message's
+inner headers leak into the outer message's threading or identity. It never
+touches the database.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import mailparser
-from mailparser.exceptions import MailParserRecursionError
+from mailparser.dates import parse_mail_date
+from mailparser.utils import get_addresses
 from inscriptis import get_text
 
 from .quotes import new_text as strip_quotes
@@ -113,7 +114,9 @@ class _Body:
         self.attachments: list[Attachment] = []
         self.defects: list[str] = []
 
-    def walk(self, part: email.message.Message) -> None:
+    def walk(self, part: email.message.Message, top: bool = True) -> None:
+        if not top:
+            self.defects.extend(type(d).__name__ for d in part.defects)
         ctype = part.get_content_type()
         if ctype.startswith("message/") and ctype not in ("message/delivery-status",):
             self._attach_message(part)
@@ -122,7 +125,7 @@ class _Body:
             if isinstance(payload, list):
                 for child in payload:
                     if isinstance(child, email.message.Message):
-                        self.walk(child)
+                        self.walk(child, top=False)
         else:
             self._leaf(part, ctype)
 
@@ -183,29 +186,52 @@ class _Headers:
     defects: tuple[str, ...]
 
 
-def _with_mailparser(raw: bytes) -> _Headers:
-    mp = mailparser.MailParser.from_bytes(raw)
-    found: list[str] = []
-    for entry in mp.defects or ():
-        for values in entry.values():
-            found.extend(str(v) for v in values)
-    return _Headers(mp.message, _addresses(mp.from_), _addresses(mp.to), _addresses(mp.cc),
-                    _addresses(mp.reply_to), mp.date, tuple(found))
+class NestingTooDeep(ValueError):
+    """A MIME structure nested past what the parser can walk (a known DoS shape)."""
 
 
-def _with_stdlib(raw: bytes, why: Exception) -> _Headers:
-    msg = email.message_from_bytes(raw)
-
-    def addrs(name: str) -> tuple[Address, ...]:
-        values = [_raw_header_text(v) for v in msg.get_all(name, [])]
-        return _addresses(email.utils.getaddresses(values))
-
+def _address_header(msg: email.message.Message, name: str, defects: list[str]) -> tuple[Address, ...]:
+    value = msg.get(name)
+    if value is None:
+        return ()
+    found: list[dict] = []
     try:
-        date = email.utils.parsedate_to_datetime(_raw_header_text(msg.get("Date", "")))
-    except (TypeError, ValueError, IndexError):
-        date = None
-    defect = f"mail-parser could not read the message ({type(why).__name__}: {why}); read with the stdlib"
-    return _Headers(msg, addrs("From"), addrs("To"), addrs("Cc"), addrs("Reply-To"), date, (defect,))
+        pairs = get_addresses(value, defects=found, decode_names=True)
+    except Exception as exc:  # noqa: BLE001 - mail-parser's own failure on odd input
+        defects.append(f"{name}: mail-parser could not read it ({type(exc).__name__}); read with the stdlib")
+        pairs = email.utils.getaddresses([_raw_header_text(value)])
+    defects.extend(f"{name}: {d.get('reason', d)}" for d in found)
+    return _addresses(pairs)
+
+
+def _date(msg: email.message.Message, defects: list[str]) -> datetime | None:
+    value = msg.get("Date")
+    if value is None:
+        return None
+    result = parse_mail_date(_raw_header_text(value))
+    if result.value is None:
+        defects.append(f"Date: unreadable {_raw_header_text(value)[:80]!r}")
+    return result.value
+
+
+def _headers(raw: bytes) -> _Headers:
+    """The MIME tree from the stdlib; addresses and dates read by mail-parser's
+    forgiving parsers (its full-message walk is left out: this module walks the
+    body itself, and keeps forwarded messages whole)."""
+    try:
+        msg = email.message_from_bytes(raw)
+    except RecursionError:
+        raise NestingTooDeep("MIME parts nested too deeply to parse") from None
+    defects = [type(d).__name__ for d in msg.defects]
+    return _Headers(
+        msg,
+        _address_header(msg, "From", defects),
+        _address_header(msg, "To", defects),
+        _address_header(msg, "Cc", defects),
+        _address_header(msg, "Reply-To", defects),
+        _date(msg, defects),
+        tuple(defects),
+    )
 
 
 def _sender(head: _Headers) -> Address | None:
@@ -222,12 +248,7 @@ def _sender(head: _Headers) -> Address | None:
 
 
 def parse(raw: bytes, envelope_to: tuple[str, ...] = ()) -> ParsedMessage:
-    try:
-        head = _with_mailparser(raw)
-    except MailParserRecursionError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - mail-parser's own bug on odd input
-        head = _with_stdlib(raw, exc)
+    head = _headers(raw)
     msg = head.message
     body = _Body()
     body.walk(msg)

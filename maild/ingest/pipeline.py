@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from multiprocessing import get_context
+from typing import Callable, Iterable, Iterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker, undefer
@@ -27,6 +29,7 @@ from .classify import OwnMail, classify
 from .identify import IdentifyContext, identify
 from .lookup import DbLookup
 from .parse import parse
+from .records import Classification, ParsedMessage
 from .store import Stored, store
 from .thread import ThreadContext, subject_tag_re, thread
 
@@ -53,6 +56,34 @@ class DrainReport:
     counts: Counter = field(default_factory=Counter)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What the pure stages made of a message, or where and why they failed."""
+
+    msg: ParsedMessage | None
+    cls: Classification | None
+    stage: str | None = None
+    error: str | None = None
+
+
+def describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def prepare(data: bytes, envelope_to: tuple[str, ...], own: OwnMail) -> Prepared:
+    """parse, then classify. Pure, so it may run in a worker process; the
+    failure is caught here only to carry it back across that boundary."""
+    stage = "parse"
+    try:
+        msg = parse(data, envelope_to)
+        stage = "classify"
+        cls = classify(msg.message, msg.from_.email if msg.from_ else None, own)
+    except Exception as exc:  # noqa: BLE001 - the loop's catch, on the worker's side
+        return Prepared(None, None, stage, describe(exc))
+    # The MIME tree stays behind: later stages need only the parsed record.
+    return Prepared(replace(msg, message=None), cls)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -60,8 +91,11 @@ class Pipeline:
         sessions: sessionmaker[Session],
         signer: TokenSigner | None,
         hooks: Iterable[Hook] = (),
+        workers: int = 1,
     ) -> None:
         self.settings = settings
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
         self.sessions = sessions
         self.hooks = list(hooks)
         own = settings.own_addresses
@@ -77,14 +111,11 @@ class Pipeline:
                     reps[addr.lower()] = rep.id
         self.identify_ctx = IdentifyContext(self.rules, own, reps)
 
-    def _stages(self, session: Session, raw: RawMessage, current: list[str]) -> Stored:
+    def _settle(self, session: Session, raw: RawMessage, prep: Prepared, current: list[str]) -> Stored:
+        """identify, thread, store, emit: the stages that need the database."""
         mailbox = self.settings.mailbox_named(raw.mailbox)
         lookup = DbLookup(session)
-        current[0] = "parse"
-        msg = parse(raw.data, tuple(raw.envelope_to or ()))
-        current[0] = "classify"
-        sender_addr = msg.from_.email if msg.from_ else None
-        cls = classify(msg.message, sender_addr, self.own_mail)
+        msg, cls = prep.msg, prep.cls
         current[0] = "identify"
         sender = identify(msg, cls, self.identify_ctx, lookup.customer_by_key)
         current[0] = "thread"
@@ -97,14 +128,22 @@ class Pipeline:
             hook(session, stored)
         return stored
 
-    def _quarantine(self, session: Session, raw_id: int, stage: str, exc: BaseException) -> Outcome:
+    def _quarantine(self, session: Session, raw_id: int, stage: str, detail: str) -> Outcome:
         raw = session.get(RawMessage, raw_id)
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         raw.state, raw.stage, raw.error = "quarantined", stage, detail[:4000]
         raw.attempts = (raw.attempts or 0) + 1
         raw.processed_at = utcnow()
         log.warning("quarantined raw=%s stage=%s error=%s", raw_id, stage, detail[:300])
         return Outcome(raw_id, "quarantined", stage=stage, error=detail)
+
+    def _prepared(self, raws: list[RawMessage]) -> Iterator[Prepared]:
+        """parse and classify every message, in worker processes when there are several."""
+        args = [(r.data, tuple(r.envelope_to or ()), self.own_mail) for r in raws]
+        if self.workers > 1 and len(raws) > 1:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(self.workers - 1, mp_context=get_context("fork"))
+            return self._executor.map(prepare, *zip(*args), chunksize=8)
+        return (prepare(*a) for a in args)
 
     def process(self, raw_ids: Iterable[int]) -> list[Outcome]:
         """Run pending messages through the stages in one transaction, a savepoint each."""
@@ -116,16 +155,19 @@ class Pipeline:
                 .where(RawMessage.id.in_(list(raw_ids)), RawMessage.state == "pending")
                 .order_by(RawMessage.id)
             ).all()
-            for raw in raws:
-                current = ["parse"]
+            for raw, prep in zip(raws, self._prepared(list(raws))):
+                if prep.error is not None:
+                    outcomes.append(self._quarantine(session, raw.id, prep.stage, prep.error))
+                    continue
+                current = ["identify"]
                 try:
                     with session.begin_nested():
-                        stored = self._stages(session, raw, current)
+                        stored = self._settle(session, raw, prep, current)
                     outcomes.append(Outcome(raw.id, "done", stored))
                 except Exception as exc:  # noqa: BLE001 - the one broad catch
                     if is_transient(exc):
                         raise
-                    outcomes.append(self._quarantine(session, raw.id, current[0], exc))
+                    outcomes.append(self._quarantine(session, raw.id, current[0], describe(exc)))
         for o in outcomes:
             if o.stored:
                 s = o.stored
@@ -134,6 +176,11 @@ class Pipeline:
                     s.raw_id, s.outcome, s.issue_id, s.interaction_id, s.thread_reason, s.new_issue,
                 )
         return outcomes
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
 
     def pending_ids(self, limit: int) -> list[int]:
         with self.sessions() as session:

@@ -3,14 +3,16 @@
 Issue, interaction, action, attachments and the customer record go into the
 caller's transaction together, so a message is recorded whole or not at all.
 Automatic mail that threads nowhere, and our own mail coming back, are
-recorded on the raw message only: they never open an issue.
+recorded on the raw message only: they never open an issue. Plain SQL
+statements rather than the ORM's unit of work: this runs once per message on
+the ingest hot path.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from ..addresses import AddressRules
@@ -37,62 +39,59 @@ class Stored:
     thread_reason: str | None = None
 
 
-def _customer(session: Session, sender: CustomerMatch, rules: AddressRules) -> int | None:
-    if sender.own_address or sender.is_rep:
+def _insert(session: Session, model, **values) -> int:
+    return session.execute(insert(model.__table__).returning(model.__table__.c.id), values).scalar_one()
+
+
+def _customer(session: Session, sender: CustomerMatch | None, cls: Classification, rules: AddressRules) -> int | None:
+    """The sender's record: existing, new (for human mail from a customer), or none."""
+    if sender is None or sender.own_address or sender.is_rep:
         return None
-    if sender.customer_id is not None:
-        return sender.customer_id
-    customer = Customer(name=sender.name or "")
-    customer.addresses.append(CustomerAddress(email=sender.email, key=rules.key(sender.email)))
-    session.add(customer)
-    session.flush()
-    return customer.id
+    if sender.customer_id is not None or cls.auto:
+        return sender.customer_id  # automatic mail never creates an identification record
+    now = utcnow()
+    customer_id = _insert(session, Customer, name=(sender.name or "")[:200], tags=[], created_at=now)
+    _insert(session, CustomerAddress, customer_id=customer_id, email=sender.email[:320],
+            key=rules.key(sender.email)[:320], created_at=now)
+    return customer_id
 
 
-def _new_issue(session: Session, raw: RawMessage, msg: ParsedMessage, category: str, customer_id, own) -> Issue:
-    cat_id = session.scalar(select(Category.id).where(Category.name == category))
-    if cat_id is None:
-        cat_id = session.scalar(select(Category.id).where(Category.name == "uncategorized"))
-    cc = [a.email for a in msg.cc if a.email.lower() not in own]
-    issue = Issue(
-        mailbox=raw.mailbox, subject=msg.subject, category_id=cat_id, customer_id=customer_id, cc=cc
+def _new_issue(session: Session, mailbox: str, msg: ParsedMessage, category: str, customer_id, own) -> int:
+    ids = dict(session.execute(select(Category.name, Category.id)).all())
+    now = utcnow()
+    return _insert(
+        session, Issue, mailbox=mailbox, subject=msg.subject, category_id=ids.get(category) or ids["uncategorized"],
+        customer_id=customer_id, cc=[a.email for a in msg.cc if a.email.lower() not in own], tags=[],
+        status="open", priority="normal", opened_at=now, updated_at=now,
     )
-    session.add(issue)
-    session.flush()
-    return issue
 
 
-def _attachments(session: Session, interaction: Interaction, msg: ParsedMessage) -> None:
-    blobs: dict[str, Blob] = {}
+def _attachments(session: Session, interaction_id: int, msg: ParsedMessage) -> None:
+    if not msg.attachments:
+        return
+    digests = {a.sha256 for a in msg.attachments}
+    known = set(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(digests))))
     for att in msg.attachments:
         digest = att.sha256
-        blob = blobs.get(digest) or session.get(Blob, digest)
-        if blob is None:
-            blob = Blob(sha256=digest, size=att.size, data=att.data)
-            session.add(blob)
-        blobs[digest] = blob
-        session.add(
-            Attachment(
-                interaction_id=interaction.id,
-                blob=blob,
-                filename=att.filename,
-                content_type=att.content_type[:255],
-                content_id=(att.content_id or "")[:255] or None,
-                inline=att.inline,
-                size=att.size,
-            )
-        )
+        if digest not in known:
+            session.execute(insert(Blob.__table__), {"sha256": digest, "size": att.size, "data": att.data})
+            known.add(digest)
+        session.execute(insert(Attachment.__table__), {
+            "interaction_id": interaction_id, "sha256": digest, "filename": att.filename,
+            "content_type": att.content_type[:255], "content_id": (att.content_id or "")[:255] or None,
+            "inline": att.inline, "size": att.size,
+        })
 
 
-def _interaction(raw, msg, cls, sender, customer_id, decision) -> Interaction:
-    return Interaction(
+def _interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision) -> dict:
+    return dict(
         direction="inbound",
         channel="email",
-        mailbox=raw.mailbox,
+        mailbox=mailbox,
         customer_id=customer_id,
         rep_id=sender.rep_id if sender else None,
         from_name=(sender.name if sender else "")[:200],
-        from_email=sender.email if sender else None,
+        from_email=sender.email[:320] if sender else None,
         to=[a.email for a in msg.to],
         cc=[a.email for a in msg.cc],
         subject=msg.subject,
@@ -109,13 +108,28 @@ def _interaction(raw, msg, cls, sender, customer_id, decision) -> Interaction:
         mailing_list=cls.mailing_list[:255] if cls.mailing_list else None,
         thread_reason=decision.reason,
         defects=list(msg.defects),
-        raw_message_id=raw.id,
+        raw_message_id=raw_id,
+        created_at=utcnow(),
     )
 
 
-def _finish(raw: RawMessage, outcome: str) -> None:
-    raw.state, raw.outcome, raw.processed_at = "done", outcome, utcnow()
-    raw.stage = raw.error = None
+def _finish(session: Session, raw_id: int, outcome: str) -> None:
+    session.execute(
+        update(RawMessage.__table__).where(RawMessage.__table__.c.id == raw_id),
+        {"state": "done", "outcome": outcome, "processed_at": utcnow(), "stage": None, "error": None},
+    )
+
+
+def _touch_issue(session: Session, issue_id: int, reopen: bool) -> bool:
+    """Bump updated_at; reopen a closed issue when asked. True when it reopened."""
+    table = Issue.__table__
+    status = session.scalar(select(table.c.status).where(table.c.id == issue_id))
+    values: dict = {"updated_at": utcnow()}
+    reopened = reopen and status == "closed"
+    if reopened:
+        values |= {"status": "open", "closed_at": None}
+    session.execute(update(table).where(table.c.id == issue_id), values)
+    return reopened
 
 
 def store(
@@ -128,33 +142,28 @@ def store(
     rules: AddressRules,
     own_addresses: frozenset[str],
 ) -> Stored:
+    raw_id, mailbox = raw.id, raw.mailbox
     if cls.own_mail:
-        _finish(raw, "own-mail")
-        return Stored(raw.id, "own-mail", raw.mailbox, auto=cls.auto)
+        _finish(session, raw_id, "own-mail")
+        return Stored(raw_id, "own-mail", mailbox, auto=cls.auto)
     if decision.issue_id is None and (cls.auto or cls.bounce):
         outcome = "unmatched-bounce" if cls.bounce else "unmatched-auto"
-        _finish(raw, outcome)
-        return Stored(raw.id, outcome, raw.mailbox, auto=cls.auto)
+        _finish(session, raw_id, outcome)
+        return Stored(raw_id, outcome, mailbox, auto=cls.auto)
     if sender is None and decision.issue_id is None:
         raise NoSender("no From address, and nothing to thread it onto")
-    customer_id = _customer(session, sender, rules) if sender and not cls.auto else (sender and sender.customer_id)
-    issue = session.get(Issue, decision.issue_id) if decision.issue_id else None
-    new_issue = issue is None
-    if issue is None:
-        issue = _new_issue(session, raw, msg, decision.category, customer_id, own_addresses)
-    interaction = _interaction(raw, msg, cls, sender, customer_id, decision)
-    session.add(interaction)
-    session.flush()
-    session.add(Action(issue_id=issue.id, interaction_id=interaction.id))
-    _attachments(session, interaction, msg)
-    reopened = False
+    customer_id = _customer(session, sender, cls, rules)
+    issue_id = decision.issue_id
+    new_issue = issue_id is None
+    if new_issue:
+        issue_id = _new_issue(session, mailbox, msg, decision.category, customer_id, own_addresses)
+    interaction_id = _insert(session, Interaction, **_interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision))
+    session.execute(insert(Action.__table__), {"issue_id": issue_id, "interaction_id": interaction_id, "created_at": utcnow()})
+    _attachments(session, interaction_id, msg)
     from_customer = sender is not None and not (sender.is_rep or sender.own_address)
-    if issue.status == "closed" and from_customer and not cls.auto:
-        issue.status, issue.closed_at, reopened = "open", None, True
-    issue.updated_at = utcnow()
-    _finish(raw, "interaction")
-    session.flush()
+    reopened = False if new_issue else _touch_issue(session, issue_id, from_customer and not cls.auto)
+    _finish(session, raw_id, "interaction")
     return Stored(
-        raw.id, "interaction", raw.mailbox, issue.id, interaction.id, new_issue, reopened,
+        raw_id, "interaction", mailbox, issue_id, interaction_id, new_issue, reopened,
         customer_id, sender.rep_id if sender else None, cls.auto, decision.reason,
     )
