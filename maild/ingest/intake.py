@@ -12,11 +12,11 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..models import RawMessage
+from ..models import RawMessage, utcnow
 
 HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 MESSAGE_ID_RE = re.compile(rb"^message-id:[ \t]*(?:\r?\n[ \t]+)*<([^<>\s]{1,250})>", re.I | re.M)
@@ -49,17 +49,20 @@ def dedupe_key(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _row(item: Incoming, key: str) -> RawMessage:
-    return RawMessage(
-        mailbox=item.mailbox,
-        dedupe_key=key,
-        sha256=hashlib.sha256(item.data).hexdigest(),
-        size=len(item.data),
-        data=item.data,
-        source=item.source,
-        envelope_from=item.envelope_from,
-        envelope_to=list(item.envelope_to),
-    )
+def _row(item: Incoming, key: str) -> dict:
+    return {
+        "mailbox": item.mailbox,
+        "dedupe_key": key,
+        "sha256": hashlib.sha256(item.data).hexdigest(),
+        "size": len(item.data),
+        "data": item.data,
+        "source": item.source,
+        "envelope_from": item.envelope_from,
+        "envelope_to": list(item.envelope_to),
+        "received_at": utcnow(),
+        "state": "pending",
+        "attempts": 0,
+    }
 
 
 def _existing(session: Session, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
@@ -83,26 +86,25 @@ def accept_many(sessions: sessionmaker[Session], items: Iterable[Incoming]) -> l
     """
     items = list(items)
     keys = [dedupe_key(i.data) for i in items]
+    table = RawMessage.__table__
     with sessions() as session, session.begin():
         known = _existing(session, [(i.mailbox, k) for i, k in zip(items, keys)])
-        out: list[Accepted] = []
-        fresh: dict[tuple[str, str], RawMessage] = {}
+        fresh: dict[tuple[str, str], dict] = {}
         for item, key in zip(items, keys):
-            pair = (item.mailbox, key)
-            if pair in known:
-                out.append(Accepted(known[pair], True))
-            elif pair in fresh:
-                out.append(Accepted(-1, True))
-            else:
-                fresh[pair] = _row(item, key)
-                out.append(Accepted(-1, False))
-        session.add_all(fresh.values())
-        session.flush()
-    ids = {pair: row.id for pair, row in fresh.items()}
-    return [
-        Accepted(ids[(i.mailbox, k)] if a.raw_id == -1 else a.raw_id, a.duplicate)
-        for i, k, a in zip(items, keys, out)
-    ]
+            if (item.mailbox, key) not in known:
+                fresh.setdefault((item.mailbox, key), _row(item, key))
+        if fresh:
+            ids = session.execute(
+                insert(table).returning(table.c.id, sort_by_parameter_order=True), list(fresh.values())
+            ).scalars().all()
+            known.update(zip(fresh, ids))
+    # The first of several copies in one batch is the new one; the rest are duplicates.
+    out, seen = [], set()
+    for item, key in zip(items, keys):
+        pair = (item.mailbox, key)
+        out.append(Accepted(known[pair], pair not in fresh or pair in seen))
+        seen.add(pair)
+    return out
 
 
 def accept(sessions: sessionmaker[Session], item: Incoming) -> Accepted:

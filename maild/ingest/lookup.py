@@ -13,15 +13,16 @@ from ..models import Action, CustomerAddress, Interaction, Issue
 class DbLookup:
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.conn = session.connection()  # plain statements: this runs per message
 
     def customer_by_key(self, key: str) -> int | None:
-        return self.session.scalar(select(CustomerAddress.customer_id).where(CustomerAddress.key == key))
+        return self.conn.scalar(select(CustomerAddress.customer_id).where(CustomerAddress.key == key))
 
     def issues_by_message_ids(self, ids: Sequence[str]) -> dict[str, int]:
         ids = list(dict.fromkeys(i for i in ids if i))[:200]
         if not ids:
             return {}
-        rows = self.session.execute(
+        rows = self.conn.execute(
             select(Interaction.message_id, func.min(Action.issue_id))
             .join(Action, Action.interaction_id == Interaction.id)
             .where(Interaction.message_id.in_(ids))
@@ -29,8 +30,8 @@ class DbLookup:
         )
         return {mid: issue_id for mid, issue_id in rows}
 
-    def issue_exists(self, issue_id: int) -> bool:
-        return self.session.get(Issue, issue_id) is not None
+    def issue_status(self, issue_id: int) -> str | None:
+        return self.conn.scalar(select(Issue.status).where(Issue.id == issue_id))
 
     def is_participant(self, issue_id: int, customer_id: int | None, email: str) -> bool:
         issue = self.session.get(Issue, issue_id)
@@ -41,7 +42,7 @@ class DbLookup:
         email = email.lower()
         if email in (c.lower() for c in issue.cc):
             return True
-        sender = self.session.scalar(
+        sender = self.conn.scalar(
             select(Interaction.id)
             .join(Action, Action.interaction_id == Interaction.id)
             .where(Action.issue_id == issue_id, func.lower(Interaction.from_email) == email)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import traceback
+from contextlib import nullcontext
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -84,6 +85,10 @@ def prepare(data: bytes, envelope_to: tuple[str, ...], own: OwnMail) -> Prepared
     return Prepared(replace(msg, message=None), cls)
 
 
+class _Retry(Exception):
+    """A stage failed in a batch run without savepoints: run it again, isolated."""
+
+
 class Pipeline:
     def __init__(
         self,
@@ -146,13 +151,33 @@ class Pipeline:
         return (prepare(*a) for a in args)
 
     def process(self, raw_ids: Iterable[int]) -> list[Outcome]:
-        """Run pending messages through the stages in one transaction, a savepoint each."""
+        """Run pending messages through the stages, one transaction for the batch.
+
+        The batch runs without per-message savepoints; if a stage fails, the
+        whole batch is rolled back and run again with a savepoint per message,
+        so the failing one goes to quarantine and the others are stored.
+        """
+        raw_ids = list(raw_ids)
+        try:
+            outcomes = self._process(raw_ids, isolate=False)
+        except _Retry:
+            outcomes = self._process(raw_ids, isolate=True)
+        for o in outcomes:
+            if o.stored:
+                s = o.stored
+                log.info(
+                    "processed raw=%s outcome=%s issue=%s interaction=%s thread=%s new=%s",
+                    s.raw_id, s.outcome, s.issue_id, s.interaction_id, s.thread_reason, s.new_issue,
+                )
+        return outcomes
+
+    def _process(self, raw_ids: list[int], isolate: bool) -> list[Outcome]:
         outcomes: list[Outcome] = []
         with self.sessions() as session, session.begin():
             raws = session.scalars(
                 select(RawMessage)
                 .options(undefer(RawMessage.data))
-                .where(RawMessage.id.in_(list(raw_ids)), RawMessage.state == "pending")
+                .where(RawMessage.id.in_(raw_ids), RawMessage.state == "pending")
                 .order_by(RawMessage.id)
             ).all()
             for raw, prep in zip(raws, self._prepared(list(raws))):
@@ -161,20 +186,15 @@ class Pipeline:
                     continue
                 current = ["identify"]
                 try:
-                    with session.begin_nested():
+                    with session.begin_nested() if isolate else nullcontext():
                         stored = self._settle(session, raw, prep, current)
                     outcomes.append(Outcome(raw.id, "done", stored))
                 except Exception as exc:  # noqa: BLE001 - the one broad catch
                     if is_transient(exc):
                         raise
+                    if not isolate:
+                        raise _Retry() from exc
                     outcomes.append(self._quarantine(session, raw.id, current[0], describe(exc)))
-        for o in outcomes:
-            if o.stored:
-                s = o.stored
-                log.info(
-                    "processed raw=%s outcome=%s issue=%s interaction=%s thread=%s new=%s",
-                    s.raw_id, s.outcome, s.issue_id, s.interaction_id, s.thread_reason, s.new_issue,
-                )
         return outcomes
 
     def close(self) -> None:

@@ -128,3 +128,4 @@ class ThreadDecision:
     category: str = "uncategorized"
     token_rep_id: int | None = None
     token_purpose: str | None = None
+    issue_status: str | None = None  # of the issue it threads onto

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from ..addresses import AddressRules
@@ -39,44 +40,44 @@ class Stored:
     thread_reason: str | None = None
 
 
-def _insert(session: Session, model, **values) -> int:
-    return session.execute(insert(model.__table__).returning(model.__table__.c.id), values).scalar_one()
+def _insert(conn: Connection, model, **values) -> int:
+    return conn.execute(insert(model.__table__).returning(model.__table__.c.id), values).scalar_one()
 
 
-def _customer(session: Session, sender: CustomerMatch | None, cls: Classification, rules: AddressRules) -> int | None:
+def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classification, rules: AddressRules) -> int | None:
     """The sender's record: existing, new (for human mail from a customer), or none."""
     if sender is None or sender.own_address or sender.is_rep:
         return None
     if sender.customer_id is not None or cls.auto:
         return sender.customer_id  # automatic mail never creates an identification record
     now = utcnow()
-    customer_id = _insert(session, Customer, name=(sender.name or "")[:200], tags=[], created_at=now)
-    _insert(session, CustomerAddress, customer_id=customer_id, email=sender.email[:320],
+    customer_id = _insert(conn, Customer, name=(sender.name or "")[:200], tags=[], created_at=now)
+    _insert(conn, CustomerAddress, customer_id=customer_id, email=sender.email[:320],
             key=rules.key(sender.email)[:320], created_at=now)
     return customer_id
 
 
-def _new_issue(session: Session, mailbox: str, msg: ParsedMessage, category: str, customer_id, own) -> int:
-    ids = dict(session.execute(select(Category.name, Category.id)).all())
+def _new_issue(conn: Connection, mailbox: str, msg: ParsedMessage, category: str, customer_id, own) -> int:
+    ids = dict(conn.execute(select(Category.name, Category.id)).all())
     now = utcnow()
     return _insert(
-        session, Issue, mailbox=mailbox, subject=msg.subject, category_id=ids.get(category) or ids["uncategorized"],
+        conn, Issue, mailbox=mailbox, subject=msg.subject, category_id=ids.get(category) or ids["uncategorized"],
         customer_id=customer_id, cc=[a.email for a in msg.cc if a.email.lower() not in own], tags=[],
         status="open", priority="normal", opened_at=now, updated_at=now,
     )
 
 
-def _attachments(session: Session, interaction_id: int, msg: ParsedMessage) -> None:
+def _attachments(conn: Connection, interaction_id: int, msg: ParsedMessage) -> None:
     if not msg.attachments:
         return
     digests = {a.sha256 for a in msg.attachments}
-    known = set(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(digests))))
+    known = set(conn.scalars(select(Blob.sha256).where(Blob.sha256.in_(digests))))
     for att in msg.attachments:
         digest = att.sha256
         if digest not in known:
-            session.execute(insert(Blob.__table__), {"sha256": digest, "size": att.size, "data": att.data})
+            conn.execute(insert(Blob.__table__), {"sha256": digest, "size": att.size, "data": att.data})
             known.add(digest)
-        session.execute(insert(Attachment.__table__), {
+        conn.execute(insert(Attachment.__table__), {
             "interaction_id": interaction_id, "sha256": digest, "filename": att.filename,
             "content_type": att.content_type[:255], "content_id": (att.content_id or "")[:255] or None,
             "inline": att.inline, "size": att.size,
@@ -113,23 +114,19 @@ def _interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision) -> di
     )
 
 
-def _finish(session: Session, raw_id: int, outcome: str) -> None:
-    session.execute(
+def _finish(conn: Connection, raw_id: int, outcome: str) -> None:
+    conn.execute(
         update(RawMessage.__table__).where(RawMessage.__table__.c.id == raw_id),
         {"state": "done", "outcome": outcome, "processed_at": utcnow(), "stage": None, "error": None},
     )
 
 
-def _touch_issue(session: Session, issue_id: int, reopen: bool) -> bool:
-    """Bump updated_at; reopen a closed issue when asked. True when it reopened."""
+def _reopen(conn: Connection, issue_id: int) -> None:
     table = Issue.__table__
-    status = session.scalar(select(table.c.status).where(table.c.id == issue_id))
-    values: dict = {"updated_at": utcnow()}
-    reopened = reopen and status == "closed"
-    if reopened:
-        values |= {"status": "open", "closed_at": None}
-    session.execute(update(table).where(table.c.id == issue_id), values)
-    return reopened
+    conn.execute(
+        update(table).where(table.c.id == issue_id),
+        {"status": "open", "closed_at": None, "updated_at": utcnow()},
+    )
 
 
 def store(
@@ -143,26 +140,30 @@ def store(
     own_addresses: frozenset[str],
 ) -> Stored:
     raw_id, mailbox = raw.id, raw.mailbox
+    conn = session.connection()
     if cls.own_mail:
-        _finish(session, raw_id, "own-mail")
+        _finish(conn, raw_id, "own-mail")
         return Stored(raw_id, "own-mail", mailbox, auto=cls.auto)
     if decision.issue_id is None and (cls.auto or cls.bounce):
         outcome = "unmatched-bounce" if cls.bounce else "unmatched-auto"
-        _finish(session, raw_id, outcome)
+        _finish(conn, raw_id, outcome)
         return Stored(raw_id, outcome, mailbox, auto=cls.auto)
     if sender is None and decision.issue_id is None:
         raise NoSender("no From address, and nothing to thread it onto")
-    customer_id = _customer(session, sender, cls, rules)
+    customer_id = _customer(conn, sender, cls, rules)
     issue_id = decision.issue_id
     new_issue = issue_id is None
     if new_issue:
-        issue_id = _new_issue(session, mailbox, msg, decision.category, customer_id, own_addresses)
-    interaction_id = _insert(session, Interaction, **_interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision))
-    session.execute(insert(Action.__table__), {"issue_id": issue_id, "interaction_id": interaction_id, "created_at": utcnow()})
-    _attachments(session, interaction_id, msg)
+        issue_id = _new_issue(conn, mailbox, msg, decision.category, customer_id, own_addresses)
+    interaction_id = _insert(conn, Interaction, **_interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision))
+    conn.execute(insert(Action.__table__), {"issue_id": issue_id, "interaction_id": interaction_id, "created_at": utcnow()})
+    _attachments(conn, interaction_id, msg)
     from_customer = sender is not None and not (sender.is_rep or sender.own_address)
-    reopened = False if new_issue else _touch_issue(session, issue_id, from_customer and not cls.auto)
-    _finish(session, raw_id, "interaction")
+    # An issue's last activity is its newest action; only a reopen changes the row.
+    reopened = decision.issue_status == "closed" and from_customer and not cls.auto
+    if reopened:
+        _reopen(conn, issue_id)
+    _finish(conn, raw_id, "interaction")
     return Stored(
         raw_id, "interaction", mailbox, issue_id, interaction_id, new_issue, reopened,
         customer_id, sender.rep_id if sender else None, cls.auto, decision.reason,

@@ -20,7 +20,7 @@ from .records import Classification, CustomerMatch, ParsedMessage, ThreadDecisio
 class ThreadLookup(Protocol):
     def issues_by_message_ids(self, ids: Sequence[str]) -> dict[str, int]: ...
 
-    def issue_exists(self, issue_id: int) -> bool: ...
+    def issue_status(self, issue_id: int) -> str | None: ...
 
     def is_participant(self, issue_id: int, customer_id: int | None, email: str) -> bool: ...
 
@@ -47,7 +47,7 @@ def _by_token(msg: ParsedMessage, ctx: ThreadContext, lookup: ThreadLookup) -> T
     if ctx.signer is None:
         return None
     token = ctx.signer.find(msg.recipients, ctx.own_addresses)
-    if token and lookup.issue_exists(token.issue_id):
+    if token and lookup.issue_status(token.issue_id):
         return ThreadDecision(token.issue_id, "token", ctx.category, token.rep_id, token.purpose)
     return None
 
@@ -73,7 +73,7 @@ def _by_subject_tag(
     if not m or sender is None:
         return None
     issue_id = int(m.group(1))
-    if not lookup.issue_exists(issue_id):
+    if not lookup.issue_status(issue_id):
         return None
     if sender.is_rep or lookup.is_participant(issue_id, sender.customer_id, sender.email):
         return ThreadDecision(issue_id, "subject-tag")
@@ -94,6 +94,7 @@ def thread(
     )
     if decision is not None:
         return ThreadDecision(
-            decision.issue_id, decision.reason, ctx.category, decision.token_rep_id, decision.token_purpose
+            decision.issue_id, decision.reason, ctx.category, decision.token_rep_id, decision.token_purpose,
+            lookup.issue_status(decision.issue_id),
         )
     return ThreadDecision(None, "new", ctx.category)
