@@ -37,9 +37,7 @@ class App:
 def make_signer(settings: Settings, required: bool = False) -> TokenSigner | None:
     """The token signer, or None (with a warning) when the secret is not set."""
     if not os.environ.get(settings.security.secret_env) and not required:
-        log.warning(
-            "%s is not set: reply tokens are neither issued nor honoured", settings.security.secret_env
-        )
+        log.info("%s is not set: reply tokens are neither issued nor honoured", settings.security.secret_env)
         return None
     try:
         return TokenSigner(settings.secret())

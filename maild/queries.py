@@ -6,21 +6,14 @@ are only ever added, never renamed or removed.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from .models import Action, Category, Customer, CustomerAddress, Interaction, Issue, RawMessage, Rep
-
-
-def _iso(value: datetime | None) -> str | None:
-    """ISO 8601 in UTC (SQLite hands back naive datetimes; maild stores UTC)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat()
+from . import customers
+from .timefmt import iso as _iso
+from .models import Action, Category, Customer, CustomerAddress, Interaction, Issue, RawMessage
 
 
 def _primary_email(customer: Customer | None) -> str | None:
@@ -118,54 +111,9 @@ def show_issue(session: Session, issue_id: int) -> dict | None:
     out["cc"] = list(issue.cc)
     out["order_id"] = issue.order_id
     out["gift_certificate_id"] = issue.gift_certificate_id
-    out["customer_record"] = customer_json(issue.customer) if issue.customer else None
+    out["customer_record"] = customers.customer_json(issue.customer) if issue.customer else None
     out["interactions"] = [interaction_json(i) for i in interactions]
     return out
-
-
-def customer_json(c: Customer) -> dict:
-    return {
-        "id": c.id,
-        "name": c.name,
-        "emails": [a.email for a in c.addresses],
-        "registered_user_id": c.registered_user_id,
-        "postal_code": c.postal_code,
-        "phone": c.phone,
-        "other_id_info": c.other_id_info,
-        "tags": list(c.tags),
-        "language": c.language,
-        "time_zone": c.time_zone,
-        "birthday": c.birthday.isoformat() if c.birthday else None,
-        "created": _iso(c.created_at),
-    }
-
-
-def list_customers(session: Session) -> list[dict]:
-    rows = session.scalars(
-        select(Customer).where(Customer.merged_into_id.is_(None)).options(selectinload(Customer.addresses)).order_by(Customer.id)
-    )
-    return [customer_json(c) for c in rows]
-
-
-def show_customer(session: Session, customer_id: int) -> dict | None:
-    c = session.get(Customer, customer_id)
-    if c is None:
-        return None
-    out = customer_json(c)
-    out["issues"] = list_issues_for_customer(session, customer_id)
-    return out
-
-
-def list_issues_for_customer(session: Session, customer_id: int) -> list[dict]:
-    ids = select(Customer.id).where((Customer.id == customer_id) | (Customer.merged_into_id == customer_id))
-    rows = session.scalars(
-        select(Issue).where(Issue.customer_id.in_(ids)).options(selectinload(Issue.category)).order_by(Issue.id)
-    )
-    return [
-        {"id": i.id, "status": i.status, "category": i.category.name, "subject": i.subject,
-         "created": _iso(i.opened_at), "updated": _iso(i.updated_at)}
-        for i in rows
-    ]
 
 
 def quarantine_json(r: RawMessage, with_raw: bool = False) -> dict:
@@ -189,7 +137,3 @@ def quarantine_json(r: RawMessage, with_raw: bool = False) -> dict:
 def list_quarantine(session: Session) -> list[dict]:
     rows = session.scalars(select(RawMessage).where(RawMessage.state == "quarantined").order_by(RawMessage.id))
     return [quarantine_json(r) for r in rows]
-
-
-def rep_emails(session: Session) -> dict[int, str]:
-    return {r.id: r.email for r in session.scalars(select(Rep))}

@@ -77,3 +77,4 @@ def check(settings: Settings) -> None:
 
 from . import intake as _intake  # noqa: E402,F401  (registers commands)
 from . import records as _records  # noqa: E402,F401
+from . import customers as _customers  # noqa: E402,F401

@@ -1,0 +1,14 @@
+"""Timestamps as maild prints them: ISO 8601 in UTC."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC (SQLite hands back naive datetimes; maild stores UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).isoformat()
