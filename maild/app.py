@@ -16,6 +16,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import db
 from .config import ConfigError, Settings
 from .ingest.pipeline import Pipeline
+from .outbound.notify import Notifier
+from .outbound.sender import Sender
+from .outbound.templates import Templates
 from .outbound.tokens import TokenSigner
 
 log = logging.getLogger("maild")
@@ -28,6 +31,9 @@ class App:
     sessions: sessionmaker[Session]
     signer: TokenSigner | None
     pipeline: Pipeline
+    templates: Templates
+    notifier: Notifier
+    sender: Sender
 
     def close(self) -> None:
         self.pipeline.close()
@@ -56,5 +62,8 @@ def build(settings: Settings, *, secret_required: bool = False, workers: int = 1
     with sessions() as session:
         db.sync_config(session, settings)
     signer = make_signer(settings, secret_required)
-    pipeline = Pipeline(settings, sessions, signer, workers=workers)
-    return App(settings, engine, sessions, signer, pipeline)
+    templates = Templates(settings.templates_dir)
+    notifier = Notifier(settings, signer, templates)
+    pipeline = Pipeline(settings, sessions, signer, hooks=[notifier], workers=workers)
+    sender = Sender(settings, sessions, on_failure=notifier.delivery_failed)
+    return App(settings, engine, sessions, signer, pipeline, templates, notifier, sender)

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 ADDRESS_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -82,6 +82,15 @@ class OutboundConfig(_Strict):
     user_env: str | None = None
     password_env: str | None = None
     message_id_domain: str | None = None  # default: "maild." + the first mailbox's domain
+    timeout: float = Field(default=30.0, gt=0)  # seconds per relay conversation step
+    send_interval: float = Field(default=5.0, gt=0)  # seconds between outbox runs in the daemon
+    retry_base: float = Field(default=60.0, gt=0)  # first retry after a 4xx; doubles each time
+    retry_max: float = Field(default=3600.0, gt=0)  # longest wait between two attempts
+    deadline_hours: float = Field(default=48.0, gt=0)  # give up (failed) after this long
+    sending_timeout: float = Field(default=300.0, gt=0)  # a "sending" row older than this is resent once
+    max_auto_per_recipient: int = Field(default=10, ge=0)  # automatic mails per address per 24 h
+    failing_days: float = Field(default=7.0, ge=0)  # no automatic mail to a bounced address for this long
+    templates_dir: str = "templates"  # admin overrides, relative to the config file's folder
 
     _relay = field_validator("relay")(_check_hostport)
     _env = field_validator("user_env", "password_env")(_check_env_name)
@@ -123,6 +132,7 @@ class ImapConfig(_Strict):
     poll_interval: float = Field(default=60.0, gt=0)
     processed_folder: str | None = "maild-processed"
     keep_on_server: bool = False
+    oversize_folder: str = "maild-oversize"  # where mail over ingest.max_message_size is moved, unstored
 
     _env = field_validator("password_env", "oauth2_token_env")(_check_env_name)
 
@@ -139,6 +149,9 @@ class MailboxConfig(_Strict):
     aliases: tuple[str, ...] = ()
     category: str = "uncategorized"
     display_name: str | None = None
+    acknowledge: bool = True  # send the customer an acknowledgement for a new issue
+    signature: str = ""  # appended to mail from this mailbox
+    reps: tuple[str, ...] = ()  # rep emails notified for this mailbox (default: every rep)
     imap: ImapConfig | None = None
 
     _addr = field_validator("address")(_check_address)
@@ -173,6 +186,7 @@ class RepConfig(_Strict):
 class CategoryConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
+    reps: tuple[str, ...] = ()  # rep emails notified for this category (before the mailbox's)
 
 
 class Settings(_Strict):
@@ -186,6 +200,13 @@ class Settings(_Strict):
     rep: tuple[RepConfig, ...] = ()
     category: tuple[CategoryConfig, ...] = ()
 
+    _source_dir: str = PrivateAttr(default=".")
+
+    @property
+    def templates_dir(self) -> Path:
+        """The admin's template folder: templates there override the shipped ones."""
+        return Path(self._source_dir) / self.outbound.templates_dir
+
     @model_validator(mode="after")
     def _consistent(self):
         names = [m.name for m in self.mailbox]
@@ -196,6 +217,11 @@ class Settings(_Strict):
         dup = {a for a in addrs if addrs.count(a) > 1}
         if dup:
             raise ValueError(f"a mailbox address or alias is configured twice: {sorted(dup)}")
+        rep_emails = {r.email.lower() for r in self.rep}
+        for owner in (*self.mailbox, *self.category):
+            unknown = [e for e in owner.reps if e.lower() not in rep_emails]
+            if unknown:
+                raise ValueError(f"{owner.name!r} lists reps that no [[rep]] defines: {unknown}")
         known = {"uncategorized", *(c.name for c in self.category)}
         for m in self.mailbox:
             if m.category not in known:
@@ -272,4 +298,6 @@ def load(path: str | os.PathLike | None) -> Settings:
         raise ConfigError(f"{p}: cannot read: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    return parse_settings(data, str(p))
+    settings = parse_settings(data, str(p))
+    settings._source_dir = str(p.resolve().parent)
+    return settings

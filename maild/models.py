@@ -230,4 +230,38 @@ class Attachment(Base):
     blob: Mapped[Blob] = relationship()
 
 
+class OutboxMessage(Base):
+    """A mail waiting to leave, or that has left: every byte fixed when queued.
+
+    The Message-ID and the whole message are decided before the first attempt,
+    so a resend after a crash is the same mail, never a second one.
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))  # acknowledgement, notification, auto, reply, failure
+    mailbox: Mapped[str] = mapped_column(String(100))
+    issue_id: Mapped[int | None] = mapped_column(ForeignKey("issues.id"), index=True)
+    interaction_id: Mapped[int | None] = mapped_column(ForeignKey("interactions.id"))
+    rep_id: Mapped[int | None] = mapped_column(ForeignKey("reps.id"))
+    envelope_from: Mapped[str] = mapped_column(String(320))
+    recipients: Mapped[list] = mapped_column(default=list)
+    # The first recipient in comparison form: counts automatic mail per address.
+    recipient_key: Mapped[str] = mapped_column(String(320), index=True)
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+    auto: Mapped[bool] = mapped_column(Boolean, default=False)
+    to_customer: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(10), default="queued")  # queued, sending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deadline_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sending_since: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+
+
 Index("ix_issues_updated", Issue.updated_at)

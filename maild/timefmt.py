@@ -12,3 +12,8 @@ def iso(value: datetime | None) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc).isoformat()
+
+
+def aware(value: datetime) -> datetime:
+    """A datetime from the database as UTC-aware (SQLite hands back naive ones)."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from maild.ingest.classify import OwnMail, classify
 from maild.ingest.intake import Incoming, accept_many
 from maild.ingest.parse import as_json, parse
-from maild.models import Interaction, Issue, RawMessage
+from maild.models import Interaction, Issue, OutboxMessage, RawMessage
 from conftest import CORPUS, corpus_dir
 from corpus_labels import effective_label
 
@@ -56,7 +56,7 @@ def test_every_corpus_file_is_recorded_or_quarantined_with_reason(app):
     names = _ingest_all(app, files)
     with app.sessions() as s:
         rows = s.execute(select(RawMessage.id, RawMessage.state, RawMessage.outcome, RawMessage.error)).all()
-        interactions = s.scalar(select(func.count()).select_from(Interaction))
+        interactions = s.scalar(select(func.count(Interaction.id)).where(Interaction.raw_message_id.is_not(None)))
     states = Counter(r.state for r in rows)
     assert set(states) <= {"done", "quarantined"}, states
     assert all(r.error for r in rows if r.state == "quarantined")
@@ -84,5 +84,6 @@ def test_no_bounce_complaint_or_auto_reply_opens_an_issue(app):
     _ingest_all(app, automatic)
     with app.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Issue)) == 0
+        assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 0  # no automatic mail in answer
         outcomes = Counter(s.scalars(select(RawMessage.outcome)))
     assert set(outcomes) <= {"unmatched-auto", "unmatched-bounce"}, outcomes

@@ -38,6 +38,7 @@ class Stored:
     rep_id: int | None = None
     auto: str | None = None
     thread_reason: str | None = None
+    source: str = ""  # the transport it came by: smtp, lmtp, imap, pipe, import
 
 
 def _insert(conn: Connection, model, **values) -> int:
@@ -139,15 +140,15 @@ def store(
     rules: AddressRules,
     own_addresses: frozenset[str],
 ) -> Stored:
-    raw_id, mailbox = raw.id, raw.mailbox
+    raw_id, mailbox, source = raw.id, raw.mailbox, raw.source
     conn = session.connection()
     if cls.own_mail:
         _finish(conn, raw_id, "own-mail")
-        return Stored(raw_id, "own-mail", mailbox, auto=cls.auto)
+        return Stored(raw_id, "own-mail", mailbox, auto=cls.auto, source=source)
     if decision.issue_id is None and (cls.auto or cls.bounce):
         outcome = "unmatched-bounce" if cls.bounce else "unmatched-auto"
         _finish(conn, raw_id, outcome)
-        return Stored(raw_id, outcome, mailbox, auto=cls.auto)
+        return Stored(raw_id, outcome, mailbox, auto=cls.auto, source=source)
     if sender is None and decision.issue_id is None:
         raise NoSender("no From address, and nothing to thread it onto")
     customer_id = _customer(conn, sender, cls, rules)
@@ -166,5 +167,5 @@ def store(
     _finish(conn, raw_id, "interaction")
     return Stored(
         raw_id, "interaction", mailbox, issue_id, interaction_id, new_issue, reopened,
-        customer_id, sender.rep_id if sender else None, cls.auto, decision.reason,
+        customer_id, sender.rep_id if sender else None, cls.auto, decision.reason, source,
     )

@@ -1,0 +1,120 @@
+"""The pipeline's emit hook for outbound mail, and the sender's failure hook.
+
+For each stored message it gathers what `decide` needs, queues what `decide`
+returns, and marks the addresses a bounce reports as failing. Mail imported
+from an archive (`maild import`) never causes mail. Everything here runs in
+the transaction that stored the message, so a notification is queued exactly
+when its interaction is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from ..config import Settings
+from ..ingest.store import Stored
+from ..ingest.thread import subject_tag
+from ..models import CustomerAddress, Interaction, Issue, OutboxMessage, Rep, utcnow
+from ..outbound.tokens import TokenSigner
+from .compose import Outgoing
+from .decide import DecideContext, IssueView, RepView, TriggerView, decide
+from .outbox import OutboxPolicy, auto_allowed, enqueue, record_note
+from .templates import Templates
+
+log = logging.getLogger("maild.outbound")
+
+
+class Notifier:
+    def __init__(self, settings: Settings, signer: TokenSigner | None, templates: Templates) -> None:
+        self.settings = settings
+        self.signer = signer
+        self.templates = templates
+        self.policy = OutboxPolicy.from_settings(settings)
+
+    # -- the emit hook -----------------------------------------------------------------
+
+    def __call__(self, session: Session, stored: Stored) -> None:
+        if stored.outcome != "interaction" or stored.source == "import":
+            return
+        interaction = session.get(Interaction, stored.interaction_id)
+        if interaction.bounce:
+            self._mark_failing(session, interaction.bounce)
+            return
+        issue = self._issue_view(session, stored.issue_id)
+        trigger = TriggerView(
+            interaction.message_id, tuple(interaction.references), interaction.from_email,
+            interaction.from_name, interaction.subject, interaction.new_text,
+        )
+        for out in decide(stored, issue, trigger, self._context(session, issue)):
+            row = enqueue(session, out, self.policy)
+            log.info("queued outbox=%s kind=%s issue=%s to=%s", row.id, out.kind, out.issue_id, ",".join(out.to))
+
+    def _issue_view(self, session: Session, issue_id: int) -> IssueView:
+        issue = session.get(Issue, issue_id)
+        customer = issue.customer
+        return IssueView(
+            issue.id, issue.subject, issue.status, issue.mailbox, issue.category.name, issue.assignee_id,
+            customer.addresses[0].email if customer and customer.addresses else None,
+            customer.name if customer else "",
+        )
+
+    def rep_views(self, session: Session, issue: IssueView) -> tuple[tuple[RepView, ...], RepView | None]:
+        """Who hears of this issue: its assignee, else the category's or mailbox's reps, else every rep."""
+        reps = {r.email: RepView(r.id, r.name, r.email) for r in session.scalars(select(Rep).where(Rep.active.is_(True)))}
+        mailbox = self.settings.mailbox_named(issue.mailbox)
+        category = next((c for c in self.settings.category if c.name == issue.category), None)
+        wanted = (category.reps if category and category.reps else ()) or mailbox.reps
+        chosen = tuple(reps[e.lower()] for e in wanted if e.lower() in reps) if wanted else tuple(reps.values())
+        assignee = next((r for r in reps.values() if r.id == issue.assignee_id), None)
+        return chosen, assignee
+
+    def _context(self, session: Session, issue: IssueView) -> DecideContext:
+        mailbox = self.settings.mailbox_named(issue.mailbox)
+        reps, assignee = self.rep_views(session, issue)
+        signer = self.signer
+        return DecideContext(
+            templates=self.templates,
+            tag=lambda n: subject_tag(self.settings.threading.tag_prefix, n),
+            mailbox_address=mailbox.address,
+            signature=mailbox.signature,
+            acknowledge=mailbox.acknowledge,
+            reps=reps,
+            assignee=assignee,
+            reply_address=(lambda i, r, p: signer.address(mailbox.address, i, r, p)) if signer else None,
+            auto_allowed=lambda addr: auto_allowed(session, self.policy, addr),
+        )
+
+    def _mark_failing(self, session: Session, bounce: dict) -> None:
+        """No automatic mail to the addresses a bounce reports, for `failing_days`."""
+        recipients = list(bounce.get("recipients") or [])
+        if not recipients and bounce.get("original_message_id"):
+            row = session.scalar(select(OutboxMessage).where(OutboxMessage.message_id == bounce["original_message_id"]))
+            recipients = list(row.recipients) if row else []
+        keys = [self.policy.rules.key(r) for r in recipients if "@" in r]
+        if keys:
+            until = utcnow() + timedelta(days=self.settings.outbound.failing_days)
+            session.execute(update(CustomerAddress).where(CustomerAddress.key.in_(keys)).values(failing_until=until))
+            log.info("bounce marks failing: %s", ",".join(keys))
+
+    # -- the sender's failure hook -------------------------------------------------------
+
+    def delivery_failed(self, session: Session, row: OutboxMessage) -> None:
+        """Record a failed customer mail on its issue and tell the issue's reps."""
+        if not row.to_customer or row.issue_id is None:
+            return
+        issue = self._issue_view(session, row.issue_id)
+        reps, assignee = self.rep_views(session, issue)
+        subject = session.scalar(select(Interaction.subject).where(Interaction.id == row.interaction_id)) or issue.subject
+        recipients = ", ".join(row.recipients)
+        r = self.templates.render("delivery_failed", subject=subject, issue_id=issue.id,
+                                  recipients=recipients, error=row.last_error or "")
+        note = Outgoing(kind="failure", mailbox=row.mailbox, to=(), subject=r.subject, body=r.body, issue_id=issue.id)
+        record_note(session, note, self.policy)
+        for rep in (assignee,) if assignee else reps:
+            enqueue(session, Outgoing(kind="failure", mailbox=row.mailbox, to=(rep.email,), subject=r.subject,
+                                      body=r.body, issue_id=issue.id, rep_id=rep.id, auto=True), self.policy)
+

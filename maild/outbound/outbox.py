@@ -1,0 +1,120 @@
+"""The one durable outbox: everything maild sends is queued here first.
+
+Queueing fixes the Message-ID and every byte of the mail, and records it as an
+interaction on its issue in the caller's transaction, so a reply threads back
+even before the mail has left, and nothing is sent that is not recorded.
+Delivery is the sender's job (sender.py); this module never talks SMTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ..addresses import AddressRules
+from ..config import Settings
+from ..timefmt import aware
+from ..models import Action, CustomerAddress, Interaction, Issue, OutboxMessage, utcnow
+from .compose import Outgoing, compose, new_message_id
+
+
+@dataclass(frozen=True)
+class OutboxPolicy:
+    """What queueing needs from the config."""
+
+    message_id_domain: str
+    deadline: timedelta
+    max_auto_per_recipient: int
+    rules: AddressRules
+    mailboxes: dict[str, tuple[str, str]]  # name -> (address, display name)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OutboxPolicy:
+        return cls(
+            settings.message_id_domain,
+            timedelta(hours=settings.outbound.deadline_hours),
+            settings.outbound.max_auto_per_recipient,
+            AddressRules(settings.ingest.fold_plus_addresses, settings.ingest.case_sensitive_local_part),
+            {m.name: (m.address, m.display_name or "") for m in settings.mailbox},
+        )
+
+
+def _interaction(
+    session: Session, out: Outgoing, message_id: str | None, from_addr: str, from_name: str, channel: str = "email"
+) -> Interaction:
+    customer_id = None
+    if out.to_customer and out.issue_id:
+        customer_id = session.scalar(select(Issue.customer_id).where(Issue.id == out.issue_id))
+    interaction = Interaction(
+        direction="outbound" if out.to_customer else "internal",
+        channel=channel,
+        mailbox=out.mailbox,
+        customer_id=customer_id,
+        rep_id=out.rep_id,
+        from_name=from_name,
+        from_email=from_addr,
+        to=list(out.to),
+        cc=list(out.cc),
+        subject=out.subject,
+        date=utcnow(),
+        message_id=message_id,
+        in_reply_to=out.in_reply_to,
+        references=list(out.references[-50:]),
+        full_text=out.body,
+        new_text=out.body,
+        auto=out.kind if out.auto else None,
+        auto_generated=out.auto,
+        thread_reason="outbound",
+    )
+    session.add(interaction)
+    session.flush()
+    if out.issue_id:
+        session.add(Action(issue_id=out.issue_id, interaction_id=interaction.id))
+    return interaction
+
+
+def enqueue(session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime | None = None) -> OutboxMessage:
+    """Queue one mail and record it on its issue; the caller commits."""
+    now = now or utcnow()
+    from_addr, display = policy.mailboxes[out.mailbox]
+    message_id = new_message_id(policy.message_id_domain)
+    data = compose(out, from_addr, display, message_id, now, policy.message_id_domain)
+    interaction = _interaction(session, out, message_id, from_addr, display)
+    row = OutboxMessage(
+        kind=out.kind, mailbox=out.mailbox, issue_id=out.issue_id, interaction_id=interaction.id,
+        rep_id=out.rep_id, envelope_from=from_addr, recipients=[*out.to, *out.cc],
+        recipient_key=policy.rules.key(out.to[0]), message_id=message_id, data=data, auto=out.auto,
+        to_customer=out.to_customer, status="queued", attempts=0, next_attempt_at=now,
+        deadline_at=now + policy.deadline, created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def record_note(session: Session, note: Outgoing, policy: OutboxPolicy) -> Interaction:
+    """An internal note on the issue: recorded, never sent."""
+    from_addr, display = policy.mailboxes[note.mailbox]
+    return _interaction(session, note, None, from_addr, display, channel="note")
+
+
+def auto_allowed(session: Session, policy: OutboxPolicy, address: str, now: datetime | None = None) -> bool:
+    """False when the address bounced recently or had its day's automatic mail already."""
+    now = now or utcnow()
+    key = policy.rules.key(address)
+    failing = session.scalar(select(CustomerAddress.failing_until).where(CustomerAddress.key == key))
+    if failing is not None and aware(failing) > now:
+        return False
+    sent = session.scalar(
+        select(func.count(OutboxMessage.id)).where(
+            OutboxMessage.recipient_key == key,
+            OutboxMessage.auto.is_(True),
+            OutboxMessage.to_customer.is_(True),
+            OutboxMessage.created_at > now - timedelta(hours=24),
+        )
+    )
+    return sent < policy.max_auto_per_recipient
+

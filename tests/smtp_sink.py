@@ -1,0 +1,73 @@
+"""A real SMTP sink for the outbound tests, run as a separate process.
+
+    python tests/smtp_sink.py --port P --dir D [--reject ADDR ...] [--hold DIR]
+
+Each accepted message is written to D as <n>.eml (fsync'd) with its envelope
+in <n>.env. --reject answers 550 at RCPT for that address. --hold makes the
+first DATA wait: it creates HOLD/got, then waits until HOLD/release exists
+before answering 250.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+
+class Sink:
+    def __init__(self, folder: Path, reject: set[str], hold: Path | None) -> None:
+        self.folder, self.reject, self.hold = folder, reject, hold
+        self.count = len(list(folder.glob("*.eml")))
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower() in self.reject:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        if self.hold is not None:
+            hold, self.hold = self.hold, None
+            (hold / "got").touch()
+            while not (hold / "release").exists():
+                await asyncio.sleep(0.02)
+        self.count += 1
+        path = self.folder / f"{self.count:05d}.eml"
+        with open(path, "wb") as fh:
+            fh.write(envelope.original_content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        (self.folder / f"{self.count:05d}.env").write_text(
+            json.dumps({"from": envelope.mail_from, "to": envelope.rcpt_tos})
+        )
+        return "250 2.0.0 stored"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--dir", type=Path, required=True)
+    ap.add_argument("--reject", action="append", default=[])
+    ap.add_argument("--hold", type=Path)
+    args = ap.parse_args()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    sink = Sink(args.dir, {a.lower() for a in args.reject}, args.hold)
+    controller = Controller(sink, hostname="127.0.0.1", port=args.port)
+    controller.start()
+    (args.dir / "ready").touch()
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while not stop:
+        time.sleep(0.05)
+    controller.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Outbound mail through a real SMTP sink process: acknowledgements, rep
+notifications, automatic emails, retries, failures, crashes, loops, bounces."""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from email import policy
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from maild.app import build
+from maild.config import load
+from maild.models import Interaction, Issue, OutboxMessage, utcnow
+from maild.outbound.compose import Outgoing, compose, one_line
+from conftest import REPO, SECRET, run_maild, write_config
+from test_pipeline import ingest, mail
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SinkProcess:
+    """tests/smtp_sink.py in its own process; messages land as files."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        self.folder, self.port, self.proc = folder, port, None
+
+    def start(self, *args: str) -> SinkProcess:
+        ready = self.folder / "ready"
+        ready.unlink(missing_ok=True)
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "smtp_sink.py"), "--port", str(self.port),
+                                      "--dir", str(self.folder), *args])
+        deadline = time.monotonic() + 20
+        while not ready.exists():
+            assert time.monotonic() < deadline and self.proc.poll() is None, "sink did not start"
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def messages(self) -> list[tuple[dict, email.message.EmailMessage]]:
+        out = []
+        for path in sorted(self.folder.glob("*.eml")):
+            env = json.loads(path.with_suffix(".env").read_text())
+            out.append((env, email.message_from_bytes(path.read_bytes(), policy=policy.default)))
+        return out
+
+
+@pytest.fixture
+def relay(tmp_path):
+    sink = SinkProcess(tmp_path / "sink", free_port())
+    sink.folder.mkdir()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def out_app(tmp_path, db_url, relay, monkeypatch):
+    monkeypatch.setenv("MAILD_SECRET", SECRET)
+    extra = (f'[outbound]\nrelay = "127.0.0.1:{relay.port}"\nretry_base = 1.0\nsending_timeout = 5.0\n'
+             'max_auto_per_recipient = 3\ntimeout = 10.0\n')
+    path = write_config(tmp_path / "maild.toml", db_url, extra=extra)
+    app = build(load(path))
+    app.config_path = path
+    yield app
+    app.close()
+
+
+def rows(app, **where) -> list[OutboxMessage]:
+    with app.sessions() as s:
+        q = select(OutboxMessage).order_by(OutboxMessage.id)
+        for k, v in where.items():
+            q = q.where(getattr(OutboxMessage, k) == v)
+        return list(s.scalars(q))
+
+
+def test_new_issue_acknowledges_customer_and_notifies_reps_all_recorded(out_app, relay):
+    relay.start()
+    first = ingest(out_app, mail(msgid="<c1@example.com>", subject="Printer on fire"))
+    assert out_app.sender.run_once()["sent"] == 3
+    got = {env["to"][0]: msg for env, msg in relay.messages()}
+    assert set(got) == {"pat@example.com", "alice@acme.test", "bob@acme.test"}
+    ack = got["pat@example.com"]
+    n = first.stored.issue_id
+    assert ack["From"] == "support@acme.test" and f"[#{n}]" in ack["Subject"]
+    assert ack["In-Reply-To"] == "<c1@example.com>" and ack["Auto-Submitted"] == "auto-replied"
+    note = got["alice@acme.test"]
+    assert "It burns." in note.get_content() and note["Reply-To"].startswith("support+i")
+    # All three are on the issue, with the Message-IDs that went out.
+    with out_app.sessions() as s:
+        ids = set(s.scalars(select(Interaction.message_id).where(Interaction.direction != "inbound")))
+    assert ids == {m["Message-ID"].strip("<>") for m in got.values()}
+    # The customer's reply to the acknowledgement threads onto the same issue.
+    reply = ingest(out_app, mail(subject="Re: " + ack["Subject"], body="Still burning", msgid="<c2@example.com>",
+                                 in_reply_to=ack["Message-ID"]))
+    assert reply.stored.issue_id == n and reply.stored.thread_reason == "in-reply-to"
+    # A reply only notifies the reps; no second acknowledgement.
+    assert {r.kind for r in rows(out_app, status="queued")} == {"notification"}
+
+
+def test_relay_down_then_back_delivers_once(out_app, relay):
+    ingest(out_app, mail(msgid="<d1@example.com>"))
+    counts = out_app.sender.run_once()
+    assert counts["queued"] == 3
+    waiting = rows(out_app)
+    assert all(r.attempts == 1 and r.last_error for r in waiting)
+    relay.start()
+    assert out_app.sender.run_once()["sent"] == 0  # not due yet: backing off
+    later = utcnow() + timedelta(seconds=5)
+    assert out_app.sender.run_once(now=later)["sent"] == 3
+    assert out_app.sender.run_once(now=later + timedelta(hours=1)) == {}
+    ids = [m["Message-ID"] for _, m in relay.messages()]
+    assert len(ids) == 3 == len(set(ids))
+
+
+def test_permanent_failure_is_recorded_and_the_rep_told(out_app, relay):
+    relay.start("--reject", "pat@example.com")
+    first = ingest(out_app, mail(msgid="<f1@example.com>"))
+    out_app.sender.run_once()
+    (ack,) = rows(out_app, kind="acknowledgement")
+    assert ack.status == "failed" and ack.last_error.startswith("recipients refused")
+    with out_app.sessions() as s:
+        notes = s.scalars(select(Interaction).where(Interaction.channel == "note")).all()
+    assert len(notes) == 1 and "could not be delivered" in notes[0].new_text
+    out_app.sender.run_once()
+    told = [m for env, m in relay.messages() if m["Subject"].startswith("Undeliverable")]
+    assert {m["To"] for m in told} == {"alice@acme.test", "bob@acme.test"}
+    assert f"#{first.stored.issue_id}" in told[0].get_content()
+
+
+def _lock(db_url: str):
+    """Hold the outbox table so the sender blocks on marking a row sent."""
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        return conn
+    import psycopg
+
+    base, _, opts = db_url.partition("?")
+    schema = opts.split("%3D")[1]
+    conn = psycopg.connect(base)
+    conn.execute(f"SET search_path TO {schema}")
+    conn.execute("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE")
+    return conn
+
+
+def test_crash_between_relay_ok_and_marking_sent_resends_at_most_once(out_app, relay, tmp_path, db_url):
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    relay.start("--hold", str(hold))
+    ingest(out_app, mail(msgid="<x1@example.com>"))
+    sender = subprocess.Popen([sys.executable, "-m", "maild", "outbox", "send", "-c", str(out_app.config_path)],
+                              cwd=REPO, env={**os.environ, "MAILD_SECRET": SECRET})
+    deadline = time.monotonic() + 60
+    while not (hold / "got").exists():
+        assert time.monotonic() < deadline and sender.poll() is None
+        time.sleep(0.05)
+    lock = _lock(db_url)  # the relay has the first mail; now it answers 250 ...
+    (hold / "release").touch()
+    while len(relay.messages()) < 1:
+        time.sleep(0.05)
+    time.sleep(0.5)  # ... and the sender is stuck marking it sent: crash it there.
+    sender.send_signal(signal.SIGKILL)
+    sender.wait(10)
+    lock.close()
+    assert {r.status for r in rows(out_app)} == {"sending"}
+    out_app.sender.run_once()  # too early: a "sending" row is left alone for sending_timeout
+    assert len(relay.messages()) == 1
+    assert out_app.sender.run_once(now=utcnow() + timedelta(seconds=6))["sent"] == 3
+    assert out_app.sender.run_once(now=utcnow() + timedelta(hours=1)) == {}
+    copies = [(m["Message-ID"], m.as_bytes()) for _, m in relay.messages()]
+    first_id = copies[0][0]
+    assert [c for c in copies if c[0] == first_id] == [copies[0]] * 2  # one resend, same bytes
+    assert len(copies) == 4 and len({c[0] for c in copies}) == 3
+
+
+def test_two_auto_responders_facing_each_other_stop(out_app, relay):
+    relay.start()
+    for i in range(8):  # a responder that answers everything with a fresh mail, no headers
+        ingest(out_app, mail(frm="bot@robots.test", subject=f"I got your mail {i}", msgid=f"<bot{i}@robots.test>"))
+        out_app.sender.run_once()
+    acks = [m for env, m in relay.messages() if env["to"] == ["bot@robots.test"]]
+    assert len(acks) == 3  # outbound.max_auto_per_recipient in this test's config
+    with out_app.sessions() as s:
+        assert s.scalar(select(func.count(Issue.id))) == 8  # every mail still recorded
+
+
+def test_our_mail_with_auto_submitted_is_never_answered(out_app, relay):
+    relay.start()
+    o = ingest(out_app, mail(subject="Automatic reply: away", headers={"Auto-Submitted": "auto-replied"},
+                             msgid="<away@example.com>"))
+    assert o.stored.outcome == "unmatched-auto"
+    assert rows(out_app) == []
+
+
+def _dsn(original_message_id: str, recipient: str) -> bytes:
+    return (
+        "From: MAILER-DAEMON@mx.example.com\r\nTo: support@acme.test\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        "Message-ID: <dsn1@mx.example.com>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="B"\r\n\r\n'
+        "--B\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n"
+        "--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.com\r\n\r\n"
+        f"Final-Recipient: rfc822; {recipient}\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+        "--B\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"From: support@acme.test\r\nTo: {recipient}\r\nMessage-ID: <{original_message_id}>\r\n\r\n--B--\r\n"
+    ).encode()
+
+
+def test_bounce_attaches_to_its_issue_marks_address_and_sends_nothing(out_app, relay):
+    relay.start()
+    first = ingest(out_app, mail(msgid="<b1@example.com>"))
+    (ack,) = rows(out_app, kind="acknowledgement")
+    out_app.sender.run_once()
+    before = len(rows(out_app))
+    bounce = ingest(out_app, _dsn(ack.message_id, "pat@example.com"))
+    assert bounce.stored.issue_id == first.stored.issue_id and not bounce.stored.new_issue
+    assert len(rows(out_app)) == before  # nothing sent in answer
+    # The address is failing now: a new mail from it is recorded and the reps
+    # hear of it, but it gets no acknowledgement.
+    ingest(out_app, mail(subject="Another thing", msgid="<b2@example.com>"))
+    assert [r.kind for r in rows(out_app)[before:]] == ["notification", "notification"]
+
+
+def test_notify_sends_automatic_mail_on_a_closed_issue_and_a_reply_reopens_it(out_app, relay):
+    relay.start()
+    r = run_maild("notify", "--to", "pat@example.com", "--template", "order_shipped", "--var", "order_id=A-17",
+                  "--var", "tracking=ZX9", "-c", str(out_app.config_path))
+    assert r.returncode == 0, r.stderr
+    (row,) = rows(out_app)
+    with out_app.sessions() as s:
+        issue = s.get(Issue, row.issue_id)
+        assert issue.status == "closed" and issue.closed_at is not None
+    out_app.sender.run_once()
+    (env, sent), = relay.messages()
+    assert "A-17" in sent["Subject"] and "ZX9" in sent.get_content()
+    assert sent["Auto-Submitted"] == "auto-generated"
+    reply = ingest(out_app, mail(subject="Re: " + sent["Subject"], body="Wrong colour!", msgid="<n2@example.com>",
+                                 in_reply_to=sent["Message-ID"]))
+    assert reply.stored.issue_id == row.issue_id and reply.stored.reopened
+
+
+def test_notify_with_unknown_template_is_a_clear_error(out_app):
+    r = run_maild("notify", "--to", "pat@example.com", "--template", "nope", "-c", str(out_app.config_path))
+    assert r.returncode == 1 and b"no template 'nope'" in r.stderr
+    assert rows(out_app) == []
+
+
+def test_outbox_list_and_retry(out_app, relay):
+    relay.start("--reject", "pat@example.com")
+    ingest(out_app, mail(msgid="<l1@example.com>"))
+    out_app.sender.run_once()
+    listed = json.loads(run_maild("outbox", "list", "--json", "-c", str(out_app.config_path)).stdout)
+    failed = [r for r in listed if r["status"] == "failed"]
+    assert [r["kind"] for r in failed] == ["acknowledgement"] and failed[0]["recipients"] == ["pat@example.com"]
+    r = run_maild("outbox", "retry", str(failed[0]["id"]), "-c", str(out_app.config_path))
+    assert r.returncode == 0, r.stderr
+    assert rows(out_app, id=failed[0]["id"])[0].status == "queued"
+
+
+def test_no_header_injection_from_customer_text():
+    out = Outgoing(kind="acknowledgement", mailbox="support", to=("pat@example.com",),
+                   subject="Hello\r\nBcc: victim@example.org", body="x")
+    data = compose(out, "support@acme.test", "Support\r\nX-Evil: 1", "maild.1@maild.acme.test", utcnow(), "t")
+    msg = email.message_from_bytes(data)
+    assert msg["Bcc"] is None and msg["X-Evil"] is None
+    assert one_line("a\r\nb\x00c") == "a b c"
