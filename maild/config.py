@@ -152,6 +152,8 @@ class MailboxConfig(_Strict):
     acknowledge: bool = True  # send the customer an acknowledgement for a new issue
     signature: str = ""  # appended to mail from this mailbox
     reps: tuple[str, ...] = ()  # rep emails notified for this mailbox (default: every rep)
+    language: str = "en"  # spell-check language of replies from this mailbox
+    reopen_days: float | None = None  # a reply to an issue closed longer ago opens a new linked issue
     imap: ImapConfig | None = None
 
     _addr = field_validator("address")(_check_address)
@@ -183,6 +185,19 @@ class RepConfig(_Strict):
         return (self.email.lower(), *(a.lower() for a in self.aliases))
 
 
+class CannedConfig(_Strict):
+    """A canned response: company-endorsed phrasing a rep inserts by name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""  # the one line shown in `maild canned list`
+    body: str
+
+
+class SpellingConfig(_Strict):
+    mode: Literal["off", "warn", "hold"] = "warn"
+    words: tuple[str, ...] = ()  # product and company names the checker must accept
+
+
 class CategoryConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -199,6 +214,8 @@ class Settings(_Strict):
     mailbox: tuple[MailboxConfig, ...] = Field(min_length=1)
     rep: tuple[RepConfig, ...] = ()
     category: tuple[CategoryConfig, ...] = ()
+    canned: tuple[CannedConfig, ...] = ()
+    spelling: SpellingConfig = SpellingConfig()
 
     _source_dir: str = PrivateAttr(default=".")
 

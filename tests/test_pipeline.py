@@ -37,8 +37,8 @@ def mail(
     return m.as_bytes()
 
 
-def ingest(app, raw: bytes, mailbox: str = "support", envelope_to=()):
-    accepted = accept(app.sessions, Incoming(raw, mailbox, "test", envelope_to=tuple(envelope_to)))
+def ingest(app, raw: bytes, mailbox: str = "support", envelope_to=(), source: str = "test"):
+    accepted = accept(app.sessions, Incoming(raw, mailbox, source, envelope_to=tuple(envelope_to)))
     if accepted.duplicate:
         return None
     (outcome,) = app.pipeline.process([accepted.raw_id])
@@ -96,8 +96,12 @@ def test_subject_tag_threads_only_for_participants(app):
     assert same.stored.issue_id == n and same.stored.thread_reason == "subject-tag"
     stranger = ingest(app, mail(frm="eve@evil.test", subject=f"[#{n}] gimme", msgid="<s3@evil.test>"))
     assert stranger.stored.new_issue and stranger.stored.issue_id != n
-    rep = ingest(app, mail(frm="Bob <bob@acme.test>", subject=f"[#{n}] note", msgid="<s4@acme.test>"))
-    assert rep.stored.issue_id == n
+    # A rep's From alone proves nothing on live mail (it is forgeable) ...
+    forged = ingest(app, mail(frm="Bob <bob@acme.test>", subject=f"[#{n}] note", msgid="<s4@acme.test>"))
+    assert forged.stored.new_issue and forged.stored.rep_id is None
+    # ... but in an imported archive, reps' mail is theirs.
+    rep = ingest(app, mail(frm="Bob <bob@acme.test>", subject=f"[#{n}] note 2", msgid="<s5@acme.test>"), source="import")
+    assert rep.stored.issue_id == n and rep.stored.rep_id is not None
 
 
 def test_signed_token_in_recipient_threads(app):
@@ -140,10 +144,11 @@ def test_mail_from_our_own_address_never_creates_customer(app):
     assert count(app, Customer) == 0
 
 
-def test_rep_mail_is_recorded_without_a_customer_record(app):
+def test_archived_rep_mail_is_recorded_without_a_customer_record(app):
     first = ingest(app, mail(msgid="<p1@example.com>"))
     o = ingest(app, mail(frm="Alice <alice@home.test>", to="pat@example.com", cc="support@acme.test",
-                         subject="Re: Printer on fire", msgid="<p2@acme.test>", in_reply_to="<p1@example.com>"))
+                         subject="Re: Printer on fire", msgid="<p2@acme.test>", in_reply_to="<p1@example.com>"),
+               source="import")
     assert o.stored.issue_id == first.stored.issue_id and o.stored.rep_id is not None
     assert count(app, Customer) == 1
 

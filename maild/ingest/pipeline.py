@@ -32,7 +32,7 @@ from .lookup import DbLookup
 from .parse import parse
 from .records import Classification, ParsedMessage
 from .store import Stored, store
-from .thread import ThreadContext, subject_tag_re, thread
+from .thread import ThreadContext, prove_rep, subject_tag_re, thread
 
 log = logging.getLogger("maild.ingest")
 
@@ -123,6 +123,8 @@ class Pipeline:
         msg, cls = prep.msg, prep.cls
         current[0] = "identify"
         sender = identify(msg, cls, self.identify_ctx, lookup.customer_by_key)
+        if raw.source != "import":  # archives predate reply tokens: their reps' mail is trusted
+            sender = prove_rep(msg, sender, self.signer, self.own, self.rules, lookup.customer_by_key)
         current[0] = "thread"
         ctx = ThreadContext(self.signer, self.own, self.tag_re, mailbox.category)
         decision = thread(msg, cls, sender, ctx, lookup)

@@ -39,6 +39,8 @@ class Stored:
     auto: str | None = None
     thread_reason: str | None = None
     source: str = ""  # the transport it came by: smtp, lmtp, imap, pipe, import
+    token_rep_id: int | None = None  # the rep a valid reply token in its recipients names
+    token_purpose: str | None = None  # reply, note or customer
 
 
 def _insert(conn: Connection, model, **values) -> int:
@@ -86,8 +88,11 @@ def _attachments(conn: Connection, interaction_id: int, msg: ParsedMessage) -> N
 
 
 def _interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision) -> dict:
+    # A rep's own mail, proven by their reply token, is internal: what reaches
+    # the customer is the reply maild relays (recorded as an outbound interaction).
+    by_rep = sender is not None and sender.is_rep and decision.token_rep_id == sender.rep_id
     return dict(
-        direction="inbound",
+        direction="internal" if by_rep else "inbound",
         channel="email",
         mailbox=mailbox,
         customer_id=customer_id,
@@ -168,4 +173,5 @@ def store(
     return Stored(
         raw_id, "interaction", mailbox, issue_id, interaction_id, new_issue, reopened,
         customer_id, sender.rep_id if sender else None, cls.auto, decision.reason, source,
+        decision.token_rep_id, decision.token_purpose,
     )

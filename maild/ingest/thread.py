@@ -9,12 +9,16 @@ mailbox's category. Pure: it reads through the lookup, never writes.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from ..outbound.tokens import TokenSigner
 from .records import Classification, CustomerMatch, ParsedMessage, ThreadDecision
+
+
+log = logging.getLogger("maild.ingest")
 
 
 class ThreadLookup(Protocol):
@@ -78,6 +82,26 @@ def _by_subject_tag(
     if sender.is_rep or lookup.is_participant(issue_id, sender.customer_id, sender.email):
         return ThreadDecision(issue_id, "subject-tag")
     return None
+
+
+def prove_rep(
+    msg: ParsedMessage,
+    sender: CustomerMatch | None,
+    signer: TokenSigner | None,
+    own_addresses: frozenset[str],
+    rules,
+    customer_by_key,
+) -> CustomerMatch | None:
+    """A From naming a rep counts only with a valid token issued to that rep;
+    anyone else's mail, a forged rep From included, is customer mail."""
+    if sender is None or not sender.is_rep:
+        return sender
+    token = signer.find(msg.recipients, own_addresses) if signer else None
+    if token is not None and token.rep_id == sender.rep_id:
+        return sender
+    log.warning("rep From without that rep's reply token, taken as customer mail: from=%s token_rep=%s",
+                sender.email, token.rep_id if token else None)
+    return CustomerMatch(customer_by_key(rules.key(sender.email)), sender.email, sender.name)
 
 
 def thread(

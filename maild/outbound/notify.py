@@ -44,6 +44,7 @@ class Notifier:
         if interaction.bounce:
             self._mark_failing(session, interaction.bounce)
             return
+
         issue = self._issue_view(session, stored.issue_id)
         trigger = TriggerView(
             interaction.message_id, tuple(interaction.references), interaction.from_email,

@@ -76,8 +76,10 @@ def _interaction(
     return interaction
 
 
-def enqueue(session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime | None = None) -> OutboxMessage:
-    """Queue one mail and record it on its issue; the caller commits."""
+def enqueue(
+    session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime | None = None, status: str = "queued"
+) -> OutboxMessage:
+    """Queue one mail (or hold it: status "held") and record it on its issue; the caller commits."""
     now = now or utcnow()
     from_addr, display = policy.mailboxes[out.mailbox]
     message_id = new_message_id(policy.message_id_domain)
@@ -87,7 +89,7 @@ def enqueue(session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime
         kind=out.kind, mailbox=out.mailbox, issue_id=out.issue_id, interaction_id=interaction.id,
         rep_id=out.rep_id, envelope_from=from_addr, recipients=[*out.to, *out.cc],
         recipient_key=policy.rules.key(out.to[0]), message_id=message_id, data=data, auto=out.auto,
-        to_customer=out.to_customer, status="queued", attempts=0, next_attempt_at=now,
+        to_customer=out.to_customer, status=status, attempts=0, next_attempt_at=now,
         deadline_at=now + policy.deadline, created_at=now,
     )
     session.add(row)
