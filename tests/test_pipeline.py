@@ -236,3 +236,27 @@ def test_attachment_content_stored_once(app):
     with app.sessions() as s:
         names = [a.filename for a in s.scalars(select(Interaction)).first().attachments]
     assert names == ["passwd.png"]
+
+
+def test_reply_long_after_close_opens_a_new_issue_linked_to_the_old(tmp_path, db_url, monkeypatch):
+    from datetime import timedelta
+
+    from maild.app import build
+    from maild.config import load
+    from maild.models import utcnow
+    from conftest import SECRET, write_config
+
+    monkeypatch.setenv("MAILD_SECRET", SECRET)
+    boxes = '[[mailbox]]\nname = "support"\naddress = "support@acme.test"\nreopen_days = 30\n'
+    app = build(load(write_config(tmp_path / "m.toml", db_url, mailboxes=boxes)))
+    first = ingest(app, mail(msgid="<old1@example.com>"))
+    with app.sessions() as s, s.begin():
+        old = s.get(Issue, first.stored.issue_id)
+        old.status, old.closed_at = "closed", utcnow() - timedelta(days=40)
+    late = ingest(app, mail(subject="Re: Printer on fire", body="It is back.", msgid="<old2@example.com>",
+                            in_reply_to="<old1@example.com>"))
+    assert late.stored.new_issue and late.stored.issue_id != first.stored.issue_id and not late.stored.reopened
+    assert issue(app, first.stored.issue_id)["status"] == "closed"
+    old_ids = [i["message_id"] for i in issue(app, first.stored.issue_id)["interactions"]]
+    assert "old2@example.com" in old_ids  # the reply is linked to the old issue too
+    app.close()

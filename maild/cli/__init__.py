@@ -79,3 +79,4 @@ from . import intake as _intake  # noqa: E402,F401  (registers commands)
 from . import records as _records  # noqa: E402,F401
 from . import customers as _customers  # noqa: E402,F401
 from . import outbound as _outbound  # noqa: E402,F401
+from . import reps as _reps  # noqa: E402,F401

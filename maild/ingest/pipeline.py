@@ -129,7 +129,7 @@ class Pipeline:
         ctx = ThreadContext(self.signer, self.own, self.tag_re, mailbox.category)
         decision = thread(msg, cls, sender, ctx, lookup)
         current[0] = "store"
-        stored = store(session, raw, msg, cls, sender, decision, self.rules, self.own)
+        stored = store(session, raw, msg, cls, sender, decision, self.rules, self.own, mailbox.reopen_days)
         current[0] = "emit"
         for hook in self.hooks:
             hook(session, stored)

@@ -11,6 +11,7 @@ the ingest hot path.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
@@ -18,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from ..addresses import AddressRules
 from ..models import Action, Attachment, Blob, Category, Customer, CustomerAddress, Interaction, Issue, RawMessage, utcnow
+from ..timefmt import aware
 from .records import Classification, CustomerMatch, ParsedMessage, ThreadDecision
 
 
@@ -48,15 +50,29 @@ def _insert(conn: Connection, model, **values) -> int:
 
 
 def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classification, rules: AddressRules) -> int | None:
-    """The sender's record: existing, new (for human mail from a customer), or none."""
+    """The sender's record: existing, new (for human mail from a customer), or none.
+
+    When another transaction recorded the same new sender after identify
+    looked (one mail delivered to two mailboxes at once), its record is the
+    sender's: the address is claimed with ON CONFLICT, never a key violation.
+    """
     if sender is None or sender.own_address or sender.is_rep:
         return None
     if sender.customer_id is not None or cls.auto:
         return sender.customer_id  # automatic mail never creates an identification record
-    now = utcnow()
+    from sqlalchemy.dialects import postgresql, sqlite  # ON CONFLICT is per backend
+
+    now, key = utcnow(), rules.key(sender.email)[:320]
     customer_id = _insert(conn, Customer, name=(sender.name or "")[:200], tags=[], created_at=now)
-    _insert(conn, CustomerAddress, customer_id=customer_id, email=sender.email[:320],
-            key=rules.key(sender.email)[:320], created_at=now)
+    addresses, customers = CustomerAddress.__table__, Customer.__table__
+    claim = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(addresses)
+    claimed = conn.execute(
+        claim.values(customer_id=customer_id, email=sender.email[:320], key=key, created_at=now)
+        .on_conflict_do_nothing(index_elements=[addresses.c.key]).returning(addresses.c.id)
+    ).scalar()
+    if claimed is None:
+        conn.execute(customers.delete().where(customers.c.id == customer_id))
+        customer_id = conn.scalar(select(addresses.c.customer_id).where(addresses.c.key == key))
     return customer_id
 
 
@@ -127,6 +143,14 @@ def _finish(conn: Connection, raw_id: int, outcome: str) -> None:
     )
 
 
+def _closed_long_ago(conn: Connection, issue_id: int, days: float | None) -> bool:
+    """Per the mailbox's reopen_days: a reply this late opens a new, linked issue."""
+    if days is None:
+        return False
+    closed_at = conn.scalar(select(Issue.__table__.c.closed_at).where(Issue.__table__.c.id == issue_id))
+    return closed_at is not None and aware(closed_at) < utcnow() - timedelta(days=days)
+
+
 def _reopen(conn: Connection, issue_id: int) -> None:
     table = Issue.__table__
     conn.execute(
@@ -144,6 +168,7 @@ def store(
     decision: ThreadDecision,
     rules: AddressRules,
     own_addresses: frozenset[str],
+    reopen_days: float | None = None,
 ) -> Stored:
     raw_id, mailbox, source = raw.id, raw.mailbox, raw.source
     conn = session.connection()
@@ -158,15 +183,19 @@ def store(
         raise NoSender("no From address, and nothing to thread it onto")
     customer_id = _customer(conn, sender, cls, rules)
     issue_id = decision.issue_id
-    new_issue = issue_id is None
+    from_customer = sender is not None and not (sender.is_rep or sender.own_address)
+    wakes = decision.issue_status == "closed" and from_customer and not cls.auto
+    linked_to = issue_id if wakes and _closed_long_ago(conn, issue_id, reopen_days) else None
+    new_issue = issue_id is None or linked_to is not None
     if new_issue:
         issue_id = _new_issue(conn, mailbox, msg, decision.category, customer_id, own_addresses)
     interaction_id = _insert(conn, Interaction, **_interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision))
-    conn.execute(insert(Action.__table__), {"issue_id": issue_id, "interaction_id": interaction_id, "created_at": utcnow()})
+    for target in (issue_id, linked_to):  # a late reply also stays visible on the old issue
+        if target is not None:
+            conn.execute(insert(Action.__table__), {"issue_id": target, "interaction_id": interaction_id, "created_at": utcnow()})
     _attachments(conn, interaction_id, msg)
-    from_customer = sender is not None and not (sender.is_rep or sender.own_address)
     # An issue's last activity is its newest action; only a reopen changes the row.
-    reopened = decision.issue_status == "closed" and from_customer and not cls.auto
+    reopened = wakes and linked_to is None
     if reopened:
         _reopen(conn, issue_id)
     _finish(conn, raw_id, "interaction")

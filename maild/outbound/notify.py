@@ -23,9 +23,18 @@ from ..outbound.tokens import TokenSigner
 from .compose import Outgoing
 from .decide import DecideContext, IssueView, RepView, TriggerView, decide
 from .outbox import OutboxPolicy, auto_allowed, enqueue, record_note
+from .repmail import RepMail
 from .templates import Templates
 
 log = logging.getLogger("maild.outbound")
+
+
+def _from_rep(stored: Stored) -> bool:
+    """A rep's own mail, proven by the token issued to that rep (an auto-reply never counts)."""
+    return (
+        stored.rep_id is not None and stored.rep_id == stored.token_rep_id
+        and stored.token_purpose in ("reply", "note") and not stored.auto
+    )
 
 
 class Notifier:
@@ -34,6 +43,7 @@ class Notifier:
         self.signer = signer
         self.templates = templates
         self.policy = OutboxPolicy.from_settings(settings)
+        self.repmail = RepMail(settings, self.policy, signer)
 
     # -- the emit hook -----------------------------------------------------------------
 
@@ -44,7 +54,9 @@ class Notifier:
         if interaction.bounce:
             self._mark_failing(session, interaction.bounce)
             return
-
+        if _from_rep(stored):
+            self.repmail.handle(session, stored, interaction)
+            return
         issue = self._issue_view(session, stored.issue_id)
         trigger = TriggerView(
             interaction.message_id, tuple(interaction.references), interaction.from_email,

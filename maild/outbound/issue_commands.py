@@ -1,0 +1,105 @@
+"""Applying a rep's emailed commands to an issue: all of them, or none.
+
+Every command is checked against the database first (the rep named in
+#assign exists, the category exists, the linked issue exists); only when all
+are valid are they applied, so a typo never half-changes an issue.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from ..models import Action, Category, Interaction, Issue, Rep, utcnow
+from .commands import Command
+
+PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+class CommandError(Exception):
+    """A command that is well-formed but cannot apply (unknown rep, category, issue)."""
+
+
+def _rep(session: Session, who: str) -> Rep:
+    who = who.strip()
+    rep = session.scalar(select(Rep).where(Rep.active.is_(True), or_(
+        func.lower(Rep.email) == who.lower(), func.lower(Rep.name) == who.lower())))
+    if rep is None:
+        names = ", ".join(r.name for r in session.scalars(select(Rep).where(Rep.active.is_(True))))
+        raise CommandError(f"#assign: no rep called {who!r} (reps: {names})")
+    return rep
+
+
+def _category(session: Session, name: str) -> Category:
+    category = session.scalar(select(Category).where(func.lower(Category.name) == name.strip().lower()))
+    if category is None:
+        names = ", ".join(session.scalars(select(Category.name).order_by(Category.name)))
+        raise CommandError(f"#category: no category {name!r} (categories: {names})")
+    return category
+
+
+def _link(session: Session, issue: Issue, arg: str) -> Issue:
+    other = session.get(Issue, int(arg.strip("[]#")))
+    if other is None:
+        raise CommandError(f"#link: no issue #{arg.strip('[]#')}")
+    if other.id == issue.id:
+        raise CommandError("#link: an issue cannot be linked to itself")
+    return other
+
+
+def _status(status: str) -> Callable[[Issue], None]:
+    def apply(issue: Issue) -> None:
+        issue.status = status
+        issue.closed_at = utcnow() if status == "closed" else None
+
+    return apply
+
+
+def _plan(session: Session, issue: Issue, rep: Rep, interaction: Interaction, cmd: Command) -> Callable[[], None] | None:
+    """Validate one command; return what applying it does."""
+    name, args = cmd.name, cmd.args
+    if name in ("close", "reopen", "pending"):
+        return lambda: _status({"close": "closed", "reopen": "open", "pending": "pending"}[name])(issue)
+    if name == "take":
+        return lambda: setattr(issue, "assignee_id", rep.id)
+    if name == "assign":
+        target = _rep(session, " ".join(args))
+        return lambda: setattr(issue, "assignee_id", target.id)
+    if name == "priority":
+        return lambda: setattr(issue, "priority", args[0].lower())
+    if name == "category":
+        category = _category(session, args[0])
+        return lambda: setattr(issue, "category_id", category.id)
+    if name in ("tag", "untag"):
+        return lambda: [setattr(issue, "tags", _toggled(issue.tags, t, name == "tag")) for t in args]
+    if name == "cc":
+        return lambda: setattr(issue, "cc", _toggled(issue.cc, args[1], args[0].lower() == "add"))
+    if name == "followup":
+        text = " ".join(args)
+        return lambda: _followup(session, issue, interaction, text)
+    if name == "link":
+        other = _link(session, issue, args[0])
+        return lambda: session.add(Action(issue_id=other.id, interaction_id=interaction.id))
+    return None  # note, send: not changes to the issue
+
+
+def _toggled(values: list[str], value: str, present: bool) -> list[str]:
+    """A new list (so the JSON column sees the change) with value in or out, case-insensitively."""
+    keep = [v for v in values if v.lower() != value.lower()]
+    return keep + [value] if present else keep
+
+
+def _followup(session: Session, issue: Issue, interaction: Interaction, text: str) -> None:
+    action = session.scalar(select(Action).where(Action.issue_id == issue.id, Action.interaction_id == interaction.id))
+    action.follow_up_required = text
+
+
+def apply_commands(session: Session, issue: Issue, rep: Rep, interaction: Interaction, commands: Sequence[Command]) -> None:
+    plans = [_plan(session, issue, rep, interaction, c) for c in commands]
+    for plan in plans:
+        if plan is not None:
+            plan()
+    if plans:
+        issue.updated_at = utcnow()
