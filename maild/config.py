@@ -65,6 +65,8 @@ class SmtpConfig(_Strict):
     tls_key: str | None = None
     auth_users_env: str | None = None  # env var holding "user:password[,user:password...]"
     auth_require_tls: bool = True
+    auth_required: bool = False  # every transaction must AUTH first (a submission-only listener)
+    store_timeout: float = Field(default=5.0, gt=0)  # seconds a store may wait on the database before 451
 
     _listen = field_validator("listen", "lmtp_listen")(lambda v: v if v is None else _check_hostport(v))
     _env = field_validator("auth_users_env")(_check_env_name)
@@ -74,6 +76,12 @@ class SmtpConfig(_Strict):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
         return self
+
+
+class DaemonConfig(_Strict):
+    drain_batch: int = Field(default=4, gt=0)  # messages per pipeline transaction in `maild run`
+    drain_interval: float = Field(default=5.0, gt=0)  # seconds between looks for mail from other paths
+    shutdown_grace: float = Field(default=10.0, gt=0)  # seconds SIGTERM waits for stores and the batch in hand
 
 
 class OutboundConfig(_Strict):
@@ -119,6 +127,14 @@ class IngestConfig(_Strict):
     max_message_size: int = Field(default=50 * 1024 * 1024, gt=0)
     fold_plus_addresses: bool = True  # customer+tag@x matches customer@x
     case_sensitive_local_part: bool = False
+    # Web-form relays: mail From one of these is a customer's message, and its
+    # Reply-To names the customer. For any other sender From wins.
+    relay_senders: tuple[str, ...] = ()
+
+    @field_validator("relay_senders")
+    @classmethod
+    def _relays(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_check_address(a) for a in v)
 
 
 class ImapConfig(_Strict):
@@ -207,6 +223,7 @@ class CategoryConfig(_Strict):
 class Settings(_Strict):
     database: DatabaseConfig = DatabaseConfig()
     smtp: SmtpConfig = SmtpConfig()
+    daemon: DaemonConfig = DaemonConfig()
     outbound: OutboundConfig = OutboundConfig()
     security: SecurityConfig = SecurityConfig()
     threading: ThreadingConfig = ThreadingConfig()

@@ -58,12 +58,8 @@ def list_issues(
         q = q.where(Issue.status == status)
     if category:
         q = q.where(Issue.category.has(Category.name == category))
-    if customer:
-        q = q.where(
-            Issue.customer_id.in_(
-                select(CustomerAddress.customer_id).where(func.lower(CustomerAddress.email) == customer.lower())
-            )
-        )
+    if customer:  # the comparison form of an address (AddressRules.key)
+        q = q.where(Issue.customer_id.in_(select(CustomerAddress.customer_id).where(CustomerAddress.key == customer)))
     if limit:
         q = q.limit(limit)
     return [_issue_row(issue, n, last) for issue, n, last in session.execute(q)]

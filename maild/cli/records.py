@@ -6,6 +6,7 @@ import click
 from sqlalchemy import update
 
 from .. import queries
+from ..addresses import AddressRules
 from ..app import build
 from ..config import Settings
 from ..models import RawMessage
@@ -32,6 +33,8 @@ def issues() -> None:
 @click.option("--customer", help="Customer email address.")
 def issues_list(settings: Settings, as_json: bool, status, category, customer) -> None:
     app = build(settings)
+    if customer:
+        customer = AddressRules(settings.ingest.fold_plus_addresses, settings.ingest.case_sensitive_local_part).key(customer)
     with app.sessions() as session:
         rows = queries.list_issues(session, status, category, customer)
     if as_json:

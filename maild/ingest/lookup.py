@@ -7,7 +7,7 @@ from typing import Sequence
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..models import Action, CustomerAddress, Interaction, Issue
+from ..models import Action, Customer, CustomerAddress, Interaction, Issue
 
 
 class DbLookup:
@@ -17,6 +17,26 @@ class DbLookup:
 
     def customer_by_key(self, key: str) -> int | None:
         return self.conn.scalar(select(CustomerAddress.customer_id).where(CustomerAddress.key == key))
+
+    def live_customer_by_key(self, key: str) -> int | None:
+        """The record owning an address, never a merged one: what it was merged into.
+
+        One indexed lookup; merge chains are followed only when the owner was merged.
+        """
+        row = self.conn.execute(
+            select(CustomerAddress.customer_id, Customer.merged_into_id)
+            .join(Customer, Customer.id == CustomerAddress.customer_id)
+            .where(CustomerAddress.key == key)
+        ).first()
+        if row is None:
+            return None
+        customer_id, merged_into = row
+        for _ in range(50):  # a chain never loops; the bound only guards bad data
+            if merged_into is None:
+                break
+            customer_id = merged_into
+            merged_into = self.conn.scalar(select(Customer.merged_into_id).where(Customer.id == customer_id))
+        return customer_id
 
     def issues_by_message_ids(self, ids: Sequence[str]) -> dict[str, int]:
         ids = list(dict.fromkeys(i for i in ids if i))[:200]

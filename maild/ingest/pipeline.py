@@ -27,7 +27,7 @@ from ..db import is_transient
 from ..models import RawMessage, Rep, utcnow
 from ..outbound.tokens import TokenSigner
 from .classify import OwnMail, classify
-from .identify import IdentifyContext, identify
+from .identify import IdentifyContext, identify, relayed_classification
 from .lookup import DbLookup
 from .parse import parse
 from .records import Classification, ParsedMessage
@@ -114,7 +114,8 @@ class Pipeline:
             for rep in s.scalars(select(Rep).where(Rep.active.is_(True))):
                 for addr in (rep.email, *rep.aliases):
                     reps[addr.lower()] = rep.id
-        self.identify_ctx = IdentifyContext(self.rules, own, reps)
+        relays = frozenset(self.rules.key(a) for a in settings.ingest.relay_senders)
+        self.identify_ctx = IdentifyContext(self.rules, own, reps, relays)
 
     def _settle(self, session: Session, raw: RawMessage, prep: Prepared, current: list[str]) -> Stored:
         """identify, thread, store, emit: the stages that need the database."""
@@ -122,9 +123,10 @@ class Pipeline:
         lookup = DbLookup(session)
         msg, cls = prep.msg, prep.cls
         current[0] = "identify"
-        sender = identify(msg, cls, self.identify_ctx, lookup.customer_by_key)
+        sender = identify(msg, cls, self.identify_ctx, lookup.live_customer_by_key)
+        cls = relayed_classification(msg, cls, self.identify_ctx)
         if raw.source != "import":  # archives predate reply tokens: their reps' mail is trusted
-            sender = prove_rep(msg, sender, self.signer, self.own, self.rules, lookup.customer_by_key)
+            sender = prove_rep(msg, sender, self.signer, self.own, self.rules, lookup.live_customer_by_key)
         current[0] = "thread"
         ctx = ThreadContext(self.signer, self.own, self.tag_re, mailbox.category)
         decision = thread(msg, cls, sender, ctx, lookup)
