@@ -34,6 +34,10 @@ def _check_address(value: str) -> str:
     return value.strip()
 
 
+def _check_addresses(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_check_address(a) for a in values)
+
+
 def _check_hostport(value: str) -> str:
     m = HOSTPORT_RE.match(value)
     if not m or not 0 < int(m.group(2)) < 65536:
@@ -131,10 +135,7 @@ class IngestConfig(_Strict):
     # Reply-To names the customer. For any other sender From wins.
     relay_senders: tuple[str, ...] = ()
 
-    @field_validator("relay_senders")
-    @classmethod
-    def _relays(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_check_address(a) for a in v)
+    _relays = field_validator("relay_senders")(lambda v: _check_addresses(v))
 
 
 class ImapConfig(_Strict):
@@ -174,10 +175,7 @@ class MailboxConfig(_Strict):
 
     _addr = field_validator("address")(_check_address)
 
-    @field_validator("aliases")
-    @classmethod
-    def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_check_address(a) for a in v)
+    _aliases = field_validator("aliases")(lambda v: _check_addresses(v))
 
     @property
     def all_addresses(self) -> tuple[str, ...]:
@@ -191,10 +189,7 @@ class RepConfig(_Strict):
 
     _addr = field_validator("email")(_check_address)
 
-    @field_validator("aliases")
-    @classmethod
-    def _aliases(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_check_address(a) for a in v)
+    _aliases = field_validator("aliases")(lambda v: _check_addresses(v))
 
     @property
     def all_addresses(self) -> tuple[str, ...]:
