@@ -175,16 +175,27 @@ class Pipeline:
                 )
         return outcomes
 
+    def _pending(self, session: Session, raw_ids: list[int], data: bool) -> list[RawMessage]:
+        """The still-pending rows among raw_ids, locked against another processor (PostgreSQL)."""
+        q = select(RawMessage).where(RawMessage.id.in_(raw_ids), RawMessage.state == "pending").order_by(RawMessage.id)
+        if data:
+            q = q.options(undefer(RawMessage.data))
+        return list(session.scalars(q.with_for_update(skip_locked=True)))
+
     def _process(self, raw_ids: list[int], isolate: bool) -> list[Outcome]:
         outcomes: list[Outcome] = []
+        prepared: dict[int, Prepared] | None = None
+        if self.workers <= 1:
+            # Parse and classify before the write transaction, so the database
+            # is locked only for the stages that need it.
+            with self.sessions() as session:
+                raws = self._pending(session, raw_ids, data=True)
+                prepared = {r.id: p for r, p in zip(raws, self._prepared(raws))}
         with self.sessions() as session, session.begin():
-            raws = session.scalars(
-                select(RawMessage)
-                .options(undefer(RawMessage.data))
-                .where(RawMessage.id.in_(raw_ids), RawMessage.state == "pending")
-                .order_by(RawMessage.id)
-            ).all()
-            for raw, prep in zip(raws, self._prepared(list(raws))):
+            raws = self._pending(session, raw_ids, data=prepared is None)
+            preps = (prepared[r.id] if r.id in prepared else prepare(r.data, tuple(r.envelope_to or ()), self.own_mail)
+                     for r in raws) if prepared is not None else self._prepared(raws)
+            for raw, prep in zip(raws, preps):
                 if prep.error is not None:
                     outcomes.append(self._quarantine(session, raw.id, prep.stage, prep.error))
                     continue
