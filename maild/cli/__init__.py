@@ -80,3 +80,5 @@ from . import records as _records  # noqa: E402,F401
 from . import customers as _customers  # noqa: E402,F401
 from . import outbound as _outbound  # noqa: E402,F401
 from . import reps as _reps  # noqa: E402,F401
+from . import poll as _poll  # noqa: E402,F401
+from . import daemon as _daemon  # noqa: E402,F401

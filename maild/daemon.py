@@ -1,0 +1,406 @@
+"""`maild run`: the listeners, the drain worker, the periodic jobs and signals.
+
+This is the daemon's wiring on top of `app.build()`. It never processes mail
+on the event loop, never acknowledges mail before the durable intake has
+returned, and on SIGTERM loses nothing: what was stored stays stored, and
+what was not processed yet is processed at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import db
+from .app import App, build
+from .config import Settings, split_hostport
+from .db import is_transient
+from .ingest import smtp
+from .ingest.imap import imap_services
+from .ingest.intake import Accepted, Incoming, accept, accept_many
+from .ingest.pipeline import Pipeline
+from .models import RawMessage
+from .scheduler import Job, Scheduler
+
+log = logging.getLogger("maild.daemon")
+
+
+class Service(Protocol):
+    """A long-running part of the daemon: runs in a thread of its own until `stop` is set."""
+
+    name: str
+
+    def run(self, stop: threading.Event) -> None: ...
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+class ShuttingDown(Exception):
+    """The daemon is stopping: no new store is started."""
+
+
+class WriteGate:
+    """Acceptance first: a store never waits for more than the batch in hand.
+
+    The drain worker starts a batch only when no store has run for `quiet`
+    seconds, or when the backlog is past half its bound. This is about the
+    GIL as much as the database: processing is CPU-bound Python in this same
+    process. With SQLite (one writer at a time, a busy handler that polls)
+    the gate also takes turns for this process's writers, so they never wait
+    on each other inside SQLite.
+    """
+
+    def __init__(self, exclusive: bool, quiet: float = 0.05) -> None:
+        self.exclusive, self.quiet = exclusive, quiet
+        self._cond = threading.Condition()
+        self._writing = False
+        self._stores = 0  # waiting or writing
+        self._last_store = 0.0
+
+    @contextmanager
+    def store(self) -> Iterator[None]:
+        with self._cond:
+            self._stores += 1
+            while self._writing:
+                self._cond.wait()
+            self._writing = self.exclusive
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._stores, self._last_store, self._writing = self._stores - 1, time.monotonic(), False
+                self._cond.notify_all()
+
+    @contextmanager
+    def process(self, urgent: Callable[[], bool]) -> Iterator[None]:
+        with self._cond:
+            while self._writing or not urgent() and (
+                self._stores or time.monotonic() - self._last_store < self.quiet
+            ):
+                self._cond.wait(self.quiet)
+            self._writing = self.exclusive
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+class Intake:
+    """The daemon's door to the durable intake, for the edges (and pollers, from any thread).
+
+    One writer thread commits every store waiting at that moment in one
+    transaction (group commit), on an engine with short timeouts: a locked or
+    unreachable database means a prompt 451, not a stalled sender. Each new
+    message wakes the drain worker. The backlog is counted in memory (+n per
+    n new, -n per n processed) and recounted every drain_interval.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], max_backlog: int, gate: WriteGate | None = None,
+                 threads: int = 16) -> None:
+        self.sessions, self.max_backlog = sessions, max_backlog
+        self.gate = gate or WriteGate(exclusive=False)
+        self.wake = threading.Event()
+        self.pending = 0
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="intake-writer", daemon=True)
+        self._writer.start()
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="intake")
+        self._in_flight: set[asyncio.Future] = set()
+        self.closing = False
+
+    def full(self) -> bool:  # new mail gets 451
+        return self.pending >= self.max_backlog
+
+    def urgent(self) -> bool:  # processing no longer waits for a quiet moment
+        return self.pending * 2 >= self.max_backlog
+
+    def store(self, item: Incoming) -> Accepted:
+        """Store one message; durable once this returns. Blocks; not on the event loop."""
+        done: Future = Future()
+        self._queue.put((item, done))
+        return done.result()
+
+    def _write_loop(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            while len(batch) < 100:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is None:
+                batch.pop()
+                self._queue.put(None)
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[Incoming, Future]]) -> None:
+        try:
+            with self.gate.store():
+                if len(batch) == 1:  # accept() also copes with a copy stored meanwhile elsewhere
+                    results = [accept(self.sessions, batch[0][0])]
+                else:
+                    results = accept_many(self.sessions, [item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001 - handed to each waiting edge
+            if is_transient(exc) or len(batch) == 1:
+                for _, done in batch:
+                    done.set_exception(exc)
+                return
+            for one in batch:  # one bad message must not refuse the others
+                self._write([one])
+            return
+        fresh = sum(not a.duplicate for a in results)
+        if fresh:
+            with self._lock:
+                self.pending += fresh
+            self.wake.set()
+        for (_, done), accepted in zip(batch, results):
+            done.set_result(accepted)
+
+    def processed(self, n: int) -> None:
+        with self._lock:
+            self.pending = max(0, self.pending - n)
+
+    def recount(self) -> None:
+        """The backlog from the database: corrects drift, e.g. mail processed by another command.
+
+        A batch stored or processed while this runs may be counted twice
+        until the next recount; the bound is approximate by that much.
+        """
+        query = select(func.count()).select_from(RawMessage).where(RawMessage.state == "pending")
+        try:
+            with self.sessions() as session, self._lock:
+                self.pending = session.scalar(query)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("backlog recount skipped: database unavailable: %s", first_line(exc))
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn in the intake's threads, off the event loop."""
+        if self.closing:
+            raise ShuttingDown("shutting down")
+        fut = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        self._in_flight.add(fut)
+        fut.add_done_callback(self._in_flight.discard)
+        return await fut
+
+    async def settle(self, timeout: float) -> None:
+        """Start no more stores; wait up to `timeout` s for those in progress."""
+        self.closing = True
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=timeout)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self._queue.put(None)
+        self._writer.join()
+
+
+class DrainWorker:
+    """Processes pending messages in small batches, one short transaction each.
+
+    Leftovers from a previous run are processed at start; stores go first (see
+    WriteGate); a database that is locked or down pauses it, mail stays pending.
+    """
+
+    name = "drain"
+
+    def __init__(self, pipeline: Pipeline, intake: Intake, batch: int, interval: float) -> None:
+        self.pipeline, self.intake, self.batch, self.interval = pipeline, intake, batch, interval
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.intake.wake.clear()
+            try:
+                self.drain(stop)
+            except Exception as exc:  # noqa: BLE001 - the worker outlives any one failure
+                if is_transient(exc):
+                    log.warning("drain paused: database unavailable: %s", first_line(exc))
+                else:
+                    log.exception("drain failed; retrying")
+                stop.wait(1.0)
+                continue
+            self.intake.wake.wait(self.interval)
+
+    def drain(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            ids = self.pipeline.pending_ids(self.batch)
+            if not ids:
+                return
+            with self.intake.gate.process(self.intake.urgent):
+                outcomes = self.pipeline.process(ids)
+            self.intake.processed(len(outcomes))
+
+
+def intake_engine(url: str, timeout: float) -> Engine:
+    """An engine whose statements give up after about `timeout` s on a locked or unreachable database."""
+    ms = int(timeout * 1000)
+    if db.normalise_url(url).startswith("sqlite"):
+        engine = db.make_engine(url)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite(dbapi_conn, _record):
+            dbapi_conn.execute(f"PRAGMA busy_timeout={ms}")
+
+        return engine
+    connect_args = {"connect_timeout": max(2, math.ceil(timeout))}
+    engine = create_engine(db.normalise_url(url), pool_pre_ping=True, pool_size=2, connect_args=connect_args)
+
+    @event.listens_for(engine, "connect")
+    def _postgresql(dbapi_conn, _record):
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET lock_timeout = {ms}")
+            cur.execute(f"SET statement_timeout = {ms}")
+        dbapi_conn.commit()
+
+    return engine
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) about readiness and stopping; a no-op elsewhere."""
+    if addr := os.environ.get("NOTIFY_SOCKET"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), "\0" + addr[1:] if addr.startswith("@") else addr)
+
+
+class Daemon:
+    """Listeners on the event loop; services in threads; jobs on the scheduler."""
+
+    def __init__(self, settings: Settings, intake: Intake, listeners: Sequence[smtp.Listener],
+                 jobs: Sequence[Job], services: Sequence[Service], on_hup: Callable[[], None] | None = None,
+                 closers: Sequence[Callable[[], None]] = ()) -> None:
+        self.settings, self.intake, self.on_hup = settings, intake, on_hup
+        self.listeners, self.jobs, self.services = list(listeners), list(jobs), list(services)
+        self.closers = list(closers)
+        self.ready = threading.Event()  # set once listening and running
+        self._stop = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sessions: weakref.WeakSet = weakref.WeakSet()
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT (main thread only); the exit status."""
+        asyncio.run(self._main())
+        return 0
+
+    async def _main(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._signalled, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._hup)
+        await self.serve()
+
+    def _signalled(self, sig: signal.Signals) -> None:
+        log.info("stopping on %s", signal.Signals(sig).name)
+        self.stop()
+
+    def _hup(self) -> None:
+        if self.on_hup is None:
+            log.warning("SIGHUP ignored: maild applies its config only at start")
+        else:
+            self._loop.run_in_executor(None, self.on_hup)
+
+    def stop(self) -> None:
+        """Ask the daemon to stop; safe from any thread."""
+        if self._loop is not None and self._stopping is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
+    def _track(self, proto: asyncio.Protocol) -> asyncio.Protocol:
+        self._sessions.add(proto)  # to close it at shutdown
+        return proto
+
+    async def serve(self) -> None:
+        """Listen, run the services and jobs, and shut down cleanly once stopped."""
+        self._loop = asyncio.get_running_loop()
+        self._stopping = self._stopping or asyncio.Event()
+        await self._loop.run_in_executor(None, self.intake.recount)
+        servers = []
+        try:
+            for lst in self.listeners:
+                host, port = split_hostport(lst.address)
+                factory = lambda f=lst.factory: self._track(f())  # noqa: E731
+                servers.append(await self._loop.create_server(factory, host, port))
+        except OSError:
+            for server in servers:
+                server.close()
+            raise
+        threads = [threading.Thread(target=s.run, args=(self._stop,), name=s.name, daemon=True) for s in self.services]
+        for t in threads:
+            t.start()
+        scheduler = Scheduler(self.jobs)
+        scheduler.start()
+        log.info("started %s pending=%d", " ".join(f"{lst.proto}={lst.address}" for lst in self.listeners),
+                 self.intake.pending)
+        sd_notify("READY=1")
+        self.ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self._shutdown(servers, threads, scheduler)
+
+    async def _shutdown(self, servers: list, threads: list[threading.Thread], scheduler: Scheduler) -> None:
+        sd_notify("STOPPING=1")
+        grace = self.settings.daemon.shutdown_grace
+        for server in servers:
+            server.close()  # no new connections
+        await self.intake.settle(grace)  # stores in progress finish and are answered
+        for proto in list(self._sessions):
+            transport = getattr(proto, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+                transport.close()
+        await self._loop.run_in_executor(None, self._stop_threads, threads, scheduler, grace)
+        log.info("stopped")
+
+    def _stop_threads(self, threads: list[threading.Thread], scheduler: Scheduler, grace: float) -> None:
+        self.intake.close()  # every store started has committed or failed
+        self._stop.set()
+        self.intake.wake.set()
+        for t in threads:
+            t.join(grace)
+            if t.is_alive():
+                log.warning("service=%s still busy after %ss; exiting anyway", t.name, grace)
+        scheduler.shutdown()
+        for close in self.closers:
+            close()
+
+
+def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, app: App | None = None) -> Daemon:
+    """The daemon's composition root, on top of app.build()."""
+    app = app or build(settings)
+    engine = intake_engine(settings.database.url, settings.smtp.store_timeout)
+    gate = WriteGate(exclusive=engine.dialect.name == "sqlite")
+    intake = Intake(db.session_factory(engine), settings.smtp.max_backlog, gate)
+    cfg = settings.daemon
+    # Periodic jobs and long-running services: add the daemon's other parts here.
+    jobs: list[Job] = [
+        Job("backlog", cfg.drain_interval, intake.recount),
+        Job("outbox", settings.outbound.send_interval, app.sender.run_once),
+    ]
+    services: list[Service] = [
+        DrainWorker(app.pipeline, intake, cfg.drain_batch, cfg.drain_interval),
+        *imap_services(app),
+    ]
+    return Daemon(settings, intake, smtp.listeners(settings, intake), jobs, services, on_hup,
+                  closers=[app.close, engine.dispose])

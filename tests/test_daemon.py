@@ -1,0 +1,221 @@
+"""`maild run` as a daemon: lifecycle, signals, load, the backlog bound, and its seams."""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import socket
+import threading
+
+import pytest
+
+from conftest import run_maild, write_config
+from daemon_helpers import Db, InProcess, Maild, daemon_config, message, ports_of, smtp_client
+
+
+@pytest.fixture
+def db(db_url):
+    d = Db(db_url)
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def procs():
+    """Maild processes started by the test, killed at teardown if still running."""
+    started: list[Maild] = []
+    yield started
+    for m in started:
+        m.kill()
+
+
+def _client(config, n: int, count: int, accepted: list, lock: threading.Lock, enough=None, at: int = 0) -> None:
+    """One sender: `count` messages on one connection; records each that got 250."""
+    try:
+        with smtp_client(config) as s:
+            for i in range(count):
+                subject = f"Message {n}-{i}"
+                s.sendmail(f"c{n}@example.com", ["support@acme.test"], message(subject, frm=f"c{n}@example.com"))
+                with lock:
+                    accepted.append(subject)
+                    if enough is not None and len(accepted) >= at:
+                        enough.set()
+    except (smtplib.SMTPException, OSError):
+        pass  # refused or cut off: not acknowledged, so the sender still has it
+
+
+def _burst(config, clients: int, count: int, enough=None, at: int = 0):
+    accepted: list[str] = []
+    lock = threading.Lock()
+    threads = [
+        threading.Thread(target=_client, args=(config, n, count, accepted, lock, enough, at)) for n in range(clients)
+    ]
+    for t in threads:
+        t.start()
+    return threads, accepted
+
+
+def test_concurrent_clients_every_accepted_message_is_one_interaction(tmp_path, db_url, db, procs):
+    config = daemon_config(tmp_path, db_url)
+    procs.append(maild := Maild(config).start())
+    threads, accepted = _burst(config, clients=20, count=10)
+    for t in threads:
+        t.join(120)
+    assert len(accepted) == 200
+    db.wait_processed(200)
+    assert db.inbound_subjects() == {s: 1 for s in accepted}
+    assert maild.log.count("maild.smtp accepted proto=smtp") == 200
+    assert maild.log.count("maild.ingest processed raw=") == 200
+    assert maild.stop() == 0
+
+
+def test_sigterm_in_the_middle_of_a_burst_loses_nothing(tmp_path, db_url, db, procs):
+    config = daemon_config(tmp_path, db_url)
+    procs.append(maild := Maild(config).start())
+    enough = threading.Event()
+    threads, accepted = _burst(config, clients=8, count=50, enough=enough, at=40)
+    assert enough.wait(120)
+    maild.send_signal(signal.SIGTERM)
+    assert maild.proc.wait(60) == 0
+    for t in threads:
+        t.join(60)
+    assert 40 <= len(accepted) < 400, "the shutdown did not land in the burst"
+    assert "maild.daemon stopped" in maild.log
+    # The next start processes whatever was stored but not yet processed.
+    procs.append(again := Maild(config).start())
+    db.wait_processed(len(accepted))
+    subjects = db.inbound_subjects()
+    assert all(subjects[s] == 1 for s in accepted)
+    assert set(subjects.values()) == {1} and sum(subjects.values()) == db.raw_count()
+    assert again.stop(signal.SIGINT) == 0
+
+
+def test_mail_stored_before_start_is_processed_at_start(tmp_path, db_url, db, procs):
+    from maild.app import build
+    from maild.config import load
+    from maild.ingest.intake import Incoming, accept
+
+    config = daemon_config(tmp_path, db_url)
+    app = build(load(config))
+    for i in range(3):
+        accept(app.sessions, Incoming(message(f"Left over {i}"), "support", "pipe"))
+    app.close()
+    procs.append(maild := Maild(config).start())
+    db.wait_processed(3)
+    assert db.inbound_subjects() == {f"Left over {i}": 1 for i in range(3)}
+    assert "pending=3" in maild.log
+
+
+def test_sighup_checks_the_config_and_keeps_serving(tmp_path, db_url, db, procs):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(60)
+    config = daemon_config(tmp_path, db_url)
+    procs.append(maild := Maild(config, env={"NOTIFY_SOCKET": str(tmp_path / "notify")}).start())
+    assert notify.recv(100) == b"READY=1"
+    port = ports_of(config)["smtp"]
+    maild.send_signal(signal.SIGHUP)
+    maild.wait_for("SIGHUP: config valid and unchanged")
+    config.write_text(config.read_text().replace("store_timeout = 1.0", "store_timeout = 2.0"))
+    maild.send_signal(signal.SIGHUP)
+    maild.wait_for("SIGHUP: config changed (smtp.store_timeout); maild applies its config only at start")
+    config.write_text(config.read_text() + "\n[colour]\nname = 'blue'\n")
+    maild.send_signal(signal.SIGHUP)
+    maild.wait_for("colour: unknown key")
+    with smtplib.SMTP("127.0.0.1", port) as s:
+        s.sendmail("pat@example.com", ["support@acme.test"], message("After three SIGHUPs"))
+    db.wait_processed(1)
+    assert maild.stop(signal.SIGINT) == 0
+    assert notify.recv(100) == b"STOPPING=1"
+    notify.close()
+
+
+def test_backlog_bound_answers_451_until_the_worker_catches_up(tmp_path, db_url, db):
+    from maild import daemon as d
+    from maild.app import build
+    from maild.config import load
+
+    settings = load(daemon_config(tmp_path, db_url, smtp="max_backlog = 3"))
+    app = build(settings)
+    engine = d.intake_engine(db_url, 1.0)
+    intake = d.Intake(d.db.session_factory(engine), settings.smtp.max_backlog)
+    # No drain service: the test drains by hand.
+    daemon = d.Daemon(settings, intake, d.smtp.listeners(settings, intake), jobs=[], services=[],
+                      closers=[app.close, engine.dispose])
+    with InProcess(daemon), smtp_client(tmp_path / "maild.toml") as s:
+        for i in range(3):
+            s.sendmail("pat@example.com", ["support@acme.test"], message(f"Backlog {i}"))
+        s.mail("pat@example.com")
+        code, text = s.rcpt("support@acme.test")
+        assert (code, text[:5]) == (451, b"4.3.1")
+        s.rset()
+        d.DrainWorker(app.pipeline, intake, batch=2, interval=1.0).drain(threading.Event())
+        s.sendmail("pat@example.com", ["support@acme.test"], message("After the drain"))
+    assert db.inbound_subjects() == {f"Backlog {i}": 1 for i in range(3)}
+    assert db.pending() == 1
+
+
+def test_jobs_run_periodically_and_services_stop_on_shutdown(tmp_path, db_url):
+    from maild import daemon as d
+    from maild.app import build
+    from maild.config import load
+    from maild.scheduler import Job
+
+    settings = load(daemon_config(tmp_path, db_url))
+    runs: list[int] = []
+    again = threading.Event()
+
+    def job() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("the first run fails")
+        again.set()
+
+    class Service:
+        name = "recorder"
+        started, stopped = threading.Event(), threading.Event()
+
+        def run(self, stop: threading.Event) -> None:
+            self.started.set()
+            stop.wait()
+            self.stopped.set()
+
+    service = Service()
+    app = build(settings)
+    engine = d.intake_engine(db_url, 1.0)
+    intake = d.Intake(d.db.session_factory(engine), 10)
+    daemon = d.Daemon(settings, intake, [], jobs=[Job("tick", 0.05, job)], services=[service],
+                      closers=[app.close, engine.dispose])
+    with InProcess(daemon):
+        assert again.wait(30), "the job did not run again after a failed run"
+        assert service.started.is_set() and not service.stopped.is_set()
+    assert service.stopped.is_set()
+
+
+@pytest.mark.parametrize(
+    "smtp, expected",
+    [
+        ('lmtp_listen = "0.0.0.0:2424"\nauth_users_env = "MAILD_TEST_USERS"\nauth_require_tls = false',
+         "smtp.auth_require_tls = false needs a loopback address; lmtp listens on 0.0.0.0:2424"),
+        ('auth_users_env = "MAILD_TEST_NO_SUCH_VARIABLE"', "MAILD_TEST_NO_SUCH_VARIABLE (smtp.auth_users_env)"),
+        ("auth_required = true", "smtp.auth_required needs smtp.auth_users_env"),
+        ('tls_cert = "missing-cert.pem"\ntls_key = "missing-key.pem"', "smtp.tls_cert/smtp.tls_key: cannot load"),
+    ],
+)
+def test_run_refuses_an_unsafe_or_broken_smtp_config(tmp_path, smtp, expected):
+    config = daemon_config(tmp_path, f"sqlite:///{tmp_path / 'maild.db'}", smtp=smtp)
+    r = run_maild("run", "-c", str(config), env={"MAILD_TEST_USERS": "a:b"}, timeout=60)
+    assert r.returncode == 78, r.stderr
+    assert expected in r.stderr.decode()
+
+
+def test_run_exits_71_when_the_port_is_taken(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path / "maild.toml", f"sqlite:///{tmp_path / 'maild.db'}",
+                              extra=f'[smtp]\nlisten = "127.0.0.1:{port}"\n')
+        r = run_maild("run", "-c", str(config), timeout=60)
+    assert r.returncode == 71, r.stderr
+    assert b"cannot listen" in r.stderr
