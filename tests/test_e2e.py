@@ -73,3 +73,75 @@ def test_customer_rep_and_customer_again_over_smtp(tmp_path, db_url):
     finally:
         assert maild.stop() == 0
         sink.stop()
+
+
+def _wait(predicate, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return result
+
+
+def test_rep_workflow_over_smtp_forgery_commands_canned_and_hold(tmp_path, db_url):
+    from test_reps import CANNED, client_reply
+
+    sink = SinkProcess(tmp_path / "sink", free_port())
+    sink.folder.mkdir()
+    sink.start()
+    extra = (f'[smtp]\nlisten = "127.0.0.1:{free_port()}"\n\n[daemon]\ndrain_interval = 0.5\n\n'
+             f'[outbound]\nrelay = "127.0.0.1:{sink.port}"\nsend_interval = 0.3\n\n'
+             f'[spelling]\nmode = "hold"\n{CANNED}')
+    boxes = '[[mailbox]]\nname = "support"\naddress = "support@acme.test"\nacknowledge = false\n'
+    config = write_config(tmp_path / "maild.toml", db_url, extra=extra, mailboxes=boxes)
+    maild = Maild(config).start()
+
+    def issue():
+        (row,) = json.loads(run_maild("issues", "list", "--json", "-c", str(config)).stdout)
+        return json.loads(run_maild("issues", "show", str(row["id"]), "--json", "-c", str(config)).stdout)
+
+    def send(raw: bytes, to: str) -> None:
+        with smtp_client(config) as s:
+            s.sendmail("sender@example.com", [to], raw)
+
+    def to(addr: str) -> list:
+        return [m for _, m in sink.messages() if m["To"] == addr]
+
+    try:
+        first = EmailMessage()
+        first["From"], first["To"], first["Subject"] = "Pat Customer <pat@example.com>", "support@acme.test", "Refund?"
+        first["Message-ID"] = "<refund1@example.com>"
+        first.set_content("Where is my refund?")
+        send(first.as_bytes(), "support@acme.test")
+        note = _wait(lambda: to("alice@acme.test"), "Alice's notification")[0]
+
+        # A forged rep From on Alice's reply address: customer mail, its commands are text.
+        forged, token_addr = client_reply(note, "#close\nRefund granted!", frm="Bob <bob@acme.test>")
+        send(forged, token_addr)
+        _wait(lambda: len(issue()["interactions"]) >= 3, "the forged mail to be recorded")
+        assert issue()["status"] == "open"
+
+        # Commands only: the issue changes, the customer gets nothing.
+        commands, _ = client_reply(note, "#priority high\n#tag refund")
+        send(commands, token_addr)
+        _wait(lambda: issue()["priority"] == "high", "the commands to apply")
+        assert issue()["tags"] == ["refund"] and to("pat@example.com") == []
+
+        # Outlook style, two canned responses and a misspelling: held, then released.
+        reply, _ = client_reply(note, "Hello Pat,\n\n#canned refund\n{{canned:thanks}}\nYou will recieve it soon.",
+                                outlook=True)
+        send(reply, token_addr)
+        notice = _wait(lambda: [m for m in to("alice@acme.test") if "Spelling" in m["Subject"]], "the hold notice")[0]
+        assert "recieve" in notice.get_content() and to("pat@example.com") == []
+        release, notice_addr = client_reply(notice, "#send")
+        send(release, notice_addr)
+        (answer,) = _wait(lambda: to("pat@example.com"), "the released reply")
+        body = answer.get_content()
+        assert answer["From"] == "support@acme.test" and answer["In-Reply-To"] == "<refund1@example.com>"
+        assert "is on its way, Pat Customer." in body and "Thank you for your patience." in body
+        assert "Original Message" not in body and "recieve it soon" in body
+        time.sleep(1)
+        assert len(to("pat@example.com")) == 1  # one reply, threaded, nothing else
+    finally:
+        assert maild.stop() == 0
+        sink.stop()

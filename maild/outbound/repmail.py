@@ -83,7 +83,8 @@ class RepMail:
         """In-Reply-To and References continuing the customer's own thread."""
         last = session.scalar(
             select(Interaction)
-            .where(Interaction.id.in_(select_issue_interactions(issue.id)), Interaction.direction == "inbound")
+            .where(Interaction.id.in_(select_issue_interactions(issue.id)), Interaction.direction == "inbound",
+                   Interaction.customer_id == issue.customer_id)
             .order_by(Interaction.id.desc())
             .limit(1)
         )
