@@ -16,11 +16,9 @@ import queue
 import signal
 import socket
 import threading
-import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
@@ -36,6 +34,7 @@ from .ingest.intake import Accepted, Incoming, accept, accept_many
 from .ingest.pipeline import Pipeline
 from .models import RawMessage
 from .scheduler import Job, Scheduler
+from .writegate import WriteGate
 
 log = logging.getLogger("maild.daemon")
 
@@ -54,54 +53,6 @@ def first_line(exc: BaseException) -> str:
 
 class ShuttingDown(Exception):
     """The daemon is stopping: no new store is started."""
-
-
-class WriteGate:
-    """Acceptance first: a store never waits for more than the batch in hand.
-
-    The drain worker starts a batch only when no store has run for `quiet`
-    seconds, or when the backlog is past half its bound. This is about the
-    GIL as much as the database: processing is CPU-bound Python in this same
-    process. With SQLite (one writer at a time, a busy handler that polls)
-    the gate also takes turns for this process's writers, so they never wait
-    on each other inside SQLite.
-    """
-
-    def __init__(self, exclusive: bool, quiet: float = 0.05) -> None:
-        self.exclusive, self.quiet = exclusive, quiet
-        self._cond = threading.Condition()
-        self._writing = False
-        self._stores = 0  # waiting or writing
-        self._last_store = 0.0
-
-    @contextmanager
-    def store(self) -> Iterator[None]:
-        with self._cond:
-            self._stores += 1
-            while self._writing:
-                self._cond.wait()
-            self._writing = self.exclusive
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._stores, self._last_store, self._writing = self._stores - 1, time.monotonic(), False
-                self._cond.notify_all()
-
-    @contextmanager
-    def process(self, urgent: Callable[[], bool]) -> Iterator[None]:
-        with self._cond:
-            while self._writing or not urgent() and (
-                self._stores or time.monotonic() - self._last_store < self.quiet
-            ):
-                self._cond.wait(self.quiet)
-            self._writing = self.exclusive
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
 
 
 class Intake:
