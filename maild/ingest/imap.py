@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
@@ -26,13 +27,14 @@ from imapclient.exceptions import IMAPClientError
 
 from ..config import MailboxConfig
 from .imap_client import ImapSetupError, drop, explain, open_client
-from .imap_state import Mark, load_mark, save_mark
+from .imap_state import Frontier, Mark, load_mark, save_mark
 from .intake import Incoming, accept_many
 
 log = logging.getLogger("maild.imap")
 
 BATCH_SIZE = 200  # UIDs per FETCH
 SIZE_WINDOW = 1000  # UIDs per FETCH of sizes
+MOVE_EVERY = 1000  # stored messages per MOVE (fewer, larger moves cost the server less)
 BATCH_BYTES = 32 * 1024 * 1024  # message bytes per batch (at least one message); two batches in memory
 PROGRESS_EVERY = 1000  # log progress every this many messages of a long sync
 IDLE_RENEW = 25 * 60.0  # re-issue IDLE before the 30-minute inactivity limit of RFC 2177
@@ -75,6 +77,32 @@ def _parts(uids: list[int], sizes: dict[int, int], count: int, limit: int) -> It
         held += sizes[uid]
     if part:
         yield part
+
+
+class _Prefetch:
+    """Keeps the I/O thread a batch (and a window of sizes) ahead of the store."""
+
+    def __init__(self, io: ThreadPoolExecutor, link: FolderLink, uids: list[int]) -> None:
+        self.io, self.link = io, link
+        self.windows = _chunks(uids, SIZE_WINDOW)
+        self.parts: deque[list[int]] = deque()
+        self.frontier = Frontier(uids)
+        self.oversize = 0  # set aside by the I/O thread (moved, or passed over in place)
+        self.sizing = self._size_next()
+
+    def _size_next(self) -> Future | None:
+        window = next(self.windows, None)
+        return None if window is None else self.io.submit(self.link._size_window, window)
+
+    def next(self) -> Future | None:
+        """The next batch being fetched: (UIDs fetched, their messages)."""
+        while not self.parts and self.sizing is not None:
+            parts, oversize = self.sizing.result()
+            self.parts.extend(parts)
+            self.frontier.add(oversize)
+            self.oversize += len(oversize)
+            self.sizing = self._size_next()
+        return self.io.submit(self.link._fetch, self.parts.popleft()) if self.parts else None
 
 
 class FolderLink:
@@ -138,57 +166,60 @@ class FolderLink:
 
     def _advance(self, uid: int) -> None:
         """Everything up to uid is committed (or deliberately passed over): record it."""
-        self.mark = replace(self.mark, last_uid=max(self.mark.last_uid, uid))
-        save_mark(self.service.sessions, self.service.name, self.cfg.folder, self.mark)
+        if uid > self.mark.last_uid:
+            self.mark = replace(self.mark, last_uid=uid)
+            save_mark(self.service.sessions, self.service.name, self.cfg.folder, self.mark)
 
     def _take_all(self, uids: list[int], report: PassReport, stop: threading.Event | None) -> None:
-        """Store every UID in order; the next batch is fetched while this one is processed.
+        """Store every UID in order, the I/O thread fetching the next batch meanwhile.
 
-        All IMAP commands run, in order, on one I/O thread; a batch's move is queued
-        only after its commit, so nothing is moved before it is durably stored."""
-        parts = self._plan(uids, report)
-        total, done = sum(map(len, parts)), 0
+        All IMAP commands run, in order, on that one thread; a move is queued only
+        after its messages are committed, so nothing is moved before it is durable."""
+        total, done, pending = len(uids), 0, []
         if total >= PROGRESS_EVERY:
             log.info("%s: %d messages to fetch", self._label, total)
         with ThreadPoolExecutor(1, thread_name_prefix=f"imap-{self.service.name}") as io:
-            ahead = io.submit(self._fetch, parts[0]) if parts else None
-            moving = None
-            for i, part in enumerate(parts):
-                if stop is not None and stop.is_set():
-                    break
-                got, items = ahead.result()
-                ahead = io.submit(self._fetch, parts[i + 1]) if i + 1 < len(parts) else None
-                self._store(items, part[-1], report)
-                if moving is not None:
-                    report.moved += moving.result()
-                moving = None if self.cfg.keep_on_server else io.submit(self._move, got)
-                before, done = done, done + len(part)
-                if total >= PROGRESS_EVERY and (done // PROGRESS_EVERY > before // PROGRESS_EVERY or done == total):
+            ahead, moving = _Prefetch(io, self, uids), None
+            batch = ahead.next()
+            while batch is not None and not (stop is not None and stop.is_set()):
+                got, items = batch.result()
+                batch = ahead.next()
+                self._store(items, ahead.frontier.add(got), report)
+                if not self.cfg.keep_on_server:
+                    pending += got
+                if pending and (len(pending) >= MOVE_EVERY or batch is None):
+                    if moving is not None:
+                        report.moved += moving.result()
+                    moving, pending = io.submit(self._move, pending), []
+                before, done = done, done + len(items)
+                if total >= PROGRESS_EVERY and done // PROGRESS_EVERY > before // PROGRESS_EVERY:
                     log.info("%s: %d of %d messages fetched (%s)", self._label, done, total, report)
             if moving is not None:
                 report.moved += moving.result()
-        if uids and done == total:
-            self._advance(uids[-1])  # past trailing oversize or vanished messages too
+            report.oversize += ahead.oversize
+        self._advance(ahead.frontier.add([]))  # past oversize mail at the end too
+        if total >= PROGRESS_EVERY:
+            log.info("%s: %s, %d of %d messages fetched (%s)", self._label,
+                     "done" if batch is None else "stopped", done, total, report)
 
-    def _plan(self, uids: list[int], report: PassReport) -> list[list[int]]:
+    def _size_window(self, window: list[int]) -> tuple[list[list[int]], list[int]]:
         """Sizes first: oversize mail is set aside unfetched; the rest in bounded batches."""
-        parts, limit = [], self.service.max_size
-        for window in _chunks(uids, SIZE_WINDOW):
-            fetched = self.client.fetch(window, ["RFC822.SIZE"])
-            sizes = {u: int(d[b"RFC822.SIZE"]) for u, d in fetched.items() if b"RFC822.SIZE" in d}
-            big = [u for u in window if sizes.get(u, 0) > limit]
-            if big:
-                self._oversize(big, sizes, report)
-            small = [u for u in window if u in sizes and sizes[u] <= limit]
-            parts.extend(_parts(small, sizes, self.service.batch_size, BATCH_BYTES))
-        return parts
+        limit = self.service.max_size
+        fetched = self.client.fetch(window, ["RFC822.SIZE"])
+        sizes = {u: int(d[b"RFC822.SIZE"]) for u, d in fetched.items() if b"RFC822.SIZE" in d}
+        big = [u for u in window if sizes.get(u, 0) > limit]
+        if big:
+            self._oversize(big, sizes)
+        small = [u for u in window if u in sizes and sizes[u] <= limit]
+        return list(_parts(small, sizes, self.service.batch_size, BATCH_BYTES)), big
 
     def _fetch(self, part: list[int]) -> tuple[list[int], list[Incoming]]:
         fetched = self.client.fetch(part, ["BODY.PEEK[]"])
         got = [u for u in part if b"BODY[]" in fetched.get(u, {})]  # others were expunged meanwhile
         backlog = self.mark.backlog_below
-        return got, [Incoming(fetched[u][b"BODY[]"], self.service.name, "import" if u < backlog else "imap")
-                     for u in got]
+        items = [Incoming(fetched[u][b"BODY[]"], self.service.name, "import" if u < backlog else "imap")
+                 for u in got]
+        return got, items
 
     def _store(self, items: list[Incoming], last: int, report: PassReport) -> None:
         accepted = accept_many(self.service.sessions, items)
@@ -202,7 +233,7 @@ class FolderLink:
             log.warning("%s: %d message(s) stored, processing deferred: %s", self._label, len(accepted),
                         explain(exc, self.cfg))
 
-    def _oversize(self, uids: list[int], sizes: dict[int, int], report: PassReport) -> None:
+    def _oversize(self, uids: list[int], sizes: dict[int, int]) -> None:
         """Never fetched: moved to the oversize folder (or passed over in place), reported once."""
         heads = self.client.fetch(uids, [REPORT_HEADERS])
         where = "left in place" if self.cfg.keep_on_server else f"moved to {self.cfg.oversize_folder}"
@@ -218,7 +249,6 @@ class FolderLink:
         if not self.cfg.keep_on_server:
             self._ensure_folder(self.cfg.oversize_folder)
             self._transfer(uids, self.cfg.oversize_folder)
-        report.oversize += len(uids)
 
     def _move(self, uids: list[int]) -> int:
         if uids:

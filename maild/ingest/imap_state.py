@@ -44,6 +44,22 @@ class Mark:
     backlog_below: int = 0
 
 
+class Frontier:
+    """The highest UID of a pass below which every UID is stored or was set aside.
+
+    A UID the server listed but did not hand over stays ahead of the mark, so it is
+    asked for again next pass and never counted as stored (nor moved as stored)."""
+
+    def __init__(self, uids: list[int]) -> None:
+        self.uids, self.at, self.done = uids, 0, set()
+
+    def add(self, handled: list[int]) -> int:
+        self.done.update(handled)
+        while self.at < len(self.uids) and self.uids[self.at] in self.done:
+            self.at += 1
+        return self.uids[self.at - 1] if self.at else 0
+
+
 def _row(session: Session, mailbox: str, folder: str) -> ImapFolderState | None:
     return session.scalar(
         select(ImapFolderState).where(ImapFolderState.mailbox == mailbox, ImapFolderState.folder == folder)
@@ -64,11 +80,11 @@ def save_mark(sessions: sessionmaker[Session], mailbox: str, folder: str, mark: 
             with sessions() as session, session.begin():
                 row = _row(session, mailbox, folder)
                 if row is None:
-                    row = ImapFolderState(mailbox=mailbox, folder=folder, uidvalidity=mark.uidvalidity,
-                                          last_uid=mark.last_uid, backlog_below=mark.backlog_below)
+                    row = ImapFolderState(mailbox=mailbox, folder=folder)
                     session.add(row)
-                elif row.uidvalidity != mark.uidvalidity:
-                    row.uidvalidity, row.last_uid, row.backlog_below = mark.uidvalidity, mark.last_uid, mark.backlog_below
+                if row.uidvalidity != mark.uidvalidity:  # new, or a reset: the mark starts afresh
+                    row.uidvalidity, row.last_uid, row.backlog_below = (
+                        mark.uidvalidity, mark.last_uid, mark.backlog_below)
                 else:
                     row.last_uid = max(row.last_uid, mark.last_uid)
                 row.updated_at = utcnow()
