@@ -184,7 +184,6 @@ class Interaction(Base):
     raw_message_id: Mapped[int | None] = mapped_column(ForeignKey("raw_messages.id"), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    customer: Mapped[Customer | None] = relationship()
     actions: Mapped[list[Action]] = relationship(back_populates="interaction", order_by="Action.id")
     attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")
 

@@ -15,9 +15,6 @@ class DbLookup:
         self.session = session
         self.conn = session.connection()  # plain statements: this runs per message
 
-    def customer_by_key(self, key: str) -> int | None:
-        return self.conn.scalar(select(CustomerAddress.customer_id).where(CustomerAddress.key == key))
-
     def live_customer_by_key(self, key: str) -> int | None:
         """The record owning an address, never a merged one: what it was merged into.
 
