@@ -92,19 +92,28 @@ def import_(settings: Settings, mailbox_name: str, batch: int, path: str) -> Non
     app.pipeline.drain()
     new = dup = 0
     columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    limit = settings.ingest.max_message_size
+    waiting = None  # the stored batch whose parsing runs while the next one is read and stored
     with Progress(*columns, console=None, transient=False) as progress:
         task = progress.add_task("import", total=total)
         for chunk in _batches(messages, batch):
-            limit = settings.ingest.max_message_size
             items = [Incoming(d, mailbox.name, "import") for d in chunk if len(d) <= limit]
             accepted = accept_many(app.sessions, items)
-            dup += sum(a.duplicate for a in accepted)
-            new += sum(not a.duplicate for a in accepted)
-            app.pipeline.process([a.raw_id for a in accepted if not a.duplicate])
+            fresh = [(a.raw_id, item.data, ()) for a, item in zip(accepted, items) if not a.duplicate]
+            dup += len(items) - len(fresh)
+            new += len(fresh)
+            ahead = ([raw_id for raw_id, _, _ in fresh], app.pipeline.prepare_ahead(fresh))
+            if waiting:
+                app.pipeline.process(*waiting)
+                progress.advance(task, len(waiting[0]))
+            waiting = ahead
             skipped = len(chunk) - len(items)
             if skipped:
                 click.echo(f"maild: skipped {skipped} message(s) over ingest.max_message_size", err=True)
-            progress.advance(task, len(chunk))
+            progress.advance(task, len(chunk) - len(fresh))
+        if waiting:
+            app.pipeline.process(*waiting)
+            progress.advance(task, len(waiting[0]))
     with app.sessions() as session:
         quarantined = len(queries.list_quarantine(session))
     app.close()

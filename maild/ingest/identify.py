@@ -60,6 +60,13 @@ def relayed_classification(msg: ParsedMessage, cls: Classification, ctx: Identif
     return replace(cls, auto=None)
 
 
+def sender_key(msg: ParsedMessage, ctx: IdentifyContext) -> str | None:
+    """The comparison key of the address identify will look up, for a batch prefetch."""
+    if msg.from_ is None:
+        return None
+    return ctx.rules.key((relayed_customer(msg, ctx) or msg.from_).email.strip())
+
+
 def identify(
     msg: ParsedMessage,
     classification: Classification,

@@ -1,54 +1,130 @@
-"""Read-only database lookups the pure stages call (identify, thread)."""
+"""Read-only database lookups the pure stages call (identify, thread).
+
+One DbLookup serves one batch transaction. `prefetch` answers the batch's
+address and Message-ID questions with one query each, and the store stage
+tells it what it wrote (`remember_*`), so each message costs a dictionary
+lookup instead of a round trip. Whatever was not prefetched is read through
+from the database; `forget` drops everything, for when a hook has changed
+issues behind the cache's back (a rep's emailed commands).
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from ..models import Action, Customer, CustomerAddress, Interaction, Issue
+from ..models import Action, Category, Customer, CustomerAddress, Interaction, Issue
+
+_CHUNK = 400  # values per IN list, under every backend's parameter limit
+
+_OWNER = (
+    select(CustomerAddress.key, CustomerAddress.customer_id, Customer.merged_into_id)
+    .join(Customer, Customer.id == CustomerAddress.customer_id)
+)
+_OWNER_BY_KEY = _OWNER.where(CustomerAddress.key == bindparam("key"))
+_OWNERS_BY_KEYS = _OWNER.where(CustomerAddress.key.in_(bindparam("keys", expanding=True)))
+_MERGED_INTO = select(Customer.merged_into_id).where(Customer.id == bindparam("id"))
+_ISSUES_BY_MESSAGE_IDS = (
+    select(Interaction.message_id, Action.issue_id, Issue.status)
+    .join(Action, Action.interaction_id == Interaction.id)
+    .join(Issue, Issue.id == Action.issue_id)
+    .where(Interaction.message_id.in_(bindparam("ids", expanding=True)))
+)
+_STATUS = select(Issue.status).where(Issue.id == bindparam("id"))
+_CATEGORIES = select(Category.name, Category.id)
+
+
+def _chunks(values: Sequence[str]) -> Iterable[list[str]]:
+    for i in range(0, len(values), _CHUNK):
+        yield list(values[i : i + _CHUNK])
 
 
 class DbLookup:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.conn = session.connection()  # plain statements: this runs per message
+        self.forget()
 
-    def live_customer_by_key(self, key: str) -> int | None:
-        """The record owning an address, never a merged one: what it was merged into.
+    def forget(self) -> None:
+        self._owners: dict[str, int | None] = {}  # address key -> live record, None: nobody's
+        self._threads: dict[str, int | None] = {}  # Message-ID -> issue, None: not ours
+        self._status: dict[int, str | None] = {}
+        self._categories: dict[str, int] | None = None
 
-        One indexed lookup; merge chains are followed only when the owner was merged.
-        """
-        row = self.conn.execute(
-            select(CustomerAddress.customer_id, Customer.merged_into_id)
-            .join(Customer, Customer.id == CustomerAddress.customer_id)
-            .where(CustomerAddress.key == key)
-        ).first()
-        if row is None:
-            return None
-        customer_id, merged_into = row
+    # -- batch prefetch ---------------------------------------------------------------
+
+    def prefetch(self, keys: Iterable[str], message_ids: Iterable[str]) -> None:
+        """Answer these address keys and Message-IDs now, a query per few hundred."""
+        keys = [k for k in dict.fromkeys(keys) if k and k not in self._owners]
+        for chunk in _chunks(keys):
+            self._owners.update(dict.fromkeys(chunk))
+            for key, customer_id, merged_into in self.conn.execute(_OWNERS_BY_KEYS, {"keys": chunk}):
+                self._owners[key] = self._live(customer_id, merged_into)
+        ids = [i for i in dict.fromkeys(message_ids) if i and i not in self._threads]
+        for chunk in _chunks(ids):
+            self._threads.update(dict.fromkeys(chunk))
+            self._read_threads(chunk)
+
+    def _read_threads(self, ids: list[str]) -> None:
+        """A Message-ID on several issues (a late reply kept on the old one) leads to the oldest."""
+        for mid, issue_id, status in self.conn.execute(_ISSUES_BY_MESSAGE_IDS, {"ids": ids}):
+            known = self._threads[mid]
+            self._threads[mid] = issue_id if known is None else min(known, issue_id)
+            self._status.setdefault(issue_id, status)
+
+    # -- what the store stage wrote -----------------------------------------------------
+
+    def remember_customer(self, key: str, customer_id: int) -> None:
+        self._owners[key] = customer_id
+
+    def remember_issue(self, issue_id: int, status: str) -> None:
+        self._status[issue_id] = status
+
+    def remember_message(self, message_id: str | None, issue_ids: Iterable[int]) -> None:
+        """A stored interaction's Message-ID now leads to the oldest issue it is on."""
+        if not message_id:
+            return
+        known = [i for i in (self._threads.get(message_id), *issue_ids) if i is not None]
+        self._threads[message_id] = min(known)
+
+    # -- the lookups the stages call -----------------------------------------------------
+
+    def _live(self, customer_id: int, merged_into: int | None) -> int:
         for _ in range(50):  # a chain never loops; the bound only guards bad data
             if merged_into is None:
                 break
             customer_id = merged_into
-            merged_into = self.conn.scalar(select(Customer.merged_into_id).where(Customer.id == customer_id))
+            merged_into = self.conn.scalar(_MERGED_INTO, {"id": customer_id})
         return customer_id
+
+    def live_customer_by_key(self, key: str) -> int | None:
+        """The record owning an address, never a merged one: what it was merged into."""
+        if key in self._owners:
+            return self._owners[key]
+        row = self.conn.execute(_OWNER_BY_KEY, {"key": key}).first()
+        found = None if row is None else self._live(row[1], row[2])
+        self._owners[key] = found
+        return found
 
     def issues_by_message_ids(self, ids: Sequence[str]) -> dict[str, int]:
         ids = list(dict.fromkeys(i for i in ids if i))[:200]
-        if not ids:
-            return {}
-        rows = self.conn.execute(
-            select(Interaction.message_id, func.min(Action.issue_id))
-            .join(Action, Action.interaction_id == Interaction.id)
-            .where(Interaction.message_id.in_(ids))
-            .group_by(Interaction.message_id)
-        )
-        return {mid: issue_id for mid, issue_id in rows}
+        missing = [i for i in ids if i not in self._threads]
+        if missing:
+            self._threads.update(dict.fromkeys(missing))
+            self._read_threads(missing)
+        return {i: self._threads[i] for i in ids if self._threads[i] is not None}
 
     def issue_status(self, issue_id: int) -> str | None:
-        return self.conn.scalar(select(Issue.status).where(Issue.id == issue_id))
+        if issue_id not in self._status:
+            self._status[issue_id] = self.conn.scalar(_STATUS, {"id": issue_id})
+        return self._status[issue_id]
+
+    def category_ids(self) -> dict[str, int]:
+        if self._categories is None:
+            self._categories = dict(self.conn.execute(_CATEGORIES).all())
+        return self._categories
 
     def is_participant(self, issue_id: int, customer_id: int | None, email: str) -> bool:
         issue = self.session.get(Issue, issue_id)

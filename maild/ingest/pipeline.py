@@ -13,10 +13,10 @@ import logging
 import traceback
 from contextlib import nullcontext
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker, undefer
@@ -27,12 +27,12 @@ from ..db import is_transient
 from ..models import RawMessage, Rep, utcnow
 from ..outbound.tokens import TokenSigner
 from .classify import OwnMail, classify
-from .identify import IdentifyContext, identify, relayed_classification
+from .identify import IdentifyContext, identify, relayed_classification, sender_key
 from .lookup import DbLookup
 from .parse import parse
 from .records import Classification, ParsedMessage
-from .store import Stored, store
-from .thread import ThreadContext, prove_rep, subject_tag_re, thread
+from .store import Stored, mark_done, store
+from .thread import ThreadContext, parent_ids, prove_rep, subject_tag_re, thread
 
 log = logging.getLogger("maild.ingest")
 
@@ -85,6 +85,33 @@ def prepare(data: bytes, envelope_to: tuple[str, ...], own: OwnMail) -> Prepared
     return Prepared(replace(msg, message=None), cls)
 
 
+def _prepare_many(jobs: list[tuple[bytes, tuple[str, ...]]], own: OwnMail) -> list[Prepared]:
+    return [prepare(data, envelope_to, own) for data, envelope_to in jobs]
+
+
+class Ahead:
+    """parse and classify results by raw message id, computed already or under way in workers."""
+
+    def __init__(self) -> None:
+        self._done: dict[int, Prepared] = {}
+        self._running: dict[int, tuple[Future, int]] = {}
+
+    def put(self, raw_id: int, prep: Prepared) -> None:
+        self._done[raw_id] = prep
+
+    def put_future(self, raw_id: int, future: Future, index: int) -> None:
+        self._running[raw_id] = (future, index)
+
+    def get(self, raw_id: int) -> Prepared | None:
+        if raw_id not in self._done and raw_id in self._running:
+            future, index = self._running.pop(raw_id)
+            self._done[raw_id] = future.result()[index]
+        return self._done.get(raw_id)
+
+
+_CHUNK = 25  # messages per task handed to a worker process
+
+
 class _Retry(Exception):
     """A stage failed in a batch run without savepoints: run it again, isolated."""
 
@@ -117,10 +144,9 @@ class Pipeline:
         relays = frozenset(self.rules.key(a) for a in settings.ingest.relay_senders)
         self.identify_ctx = IdentifyContext(self.rules, own, reps, relays)
 
-    def _settle(self, session: Session, raw: RawMessage, prep: Prepared, current: list[str]) -> Stored:
+    def _settle(self, lookup: DbLookup, raw: RawMessage, prep: Prepared, current: list[str]) -> Stored:
         """identify, thread, store, emit: the stages that need the database."""
         mailbox = self.settings.mailbox_named(raw.mailbox)
-        lookup = DbLookup(session)
         msg, cls = prep.msg, prep.cls
         current[0] = "identify"
         sender = identify(msg, cls, self.identify_ctx, lookup.live_customer_by_key)
@@ -131,10 +157,12 @@ class Pipeline:
         ctx = ThreadContext(self.signer, self.own, self.tag_re, mailbox.category)
         decision = thread(msg, cls, sender, ctx, lookup)
         current[0] = "store"
-        stored = store(session, raw, msg, cls, sender, decision, self.rules, self.own, mailbox.reopen_days)
+        stored = store(lookup, raw, msg, cls, sender, decision, self.rules, self.own, mailbox.reopen_days)
         current[0] = "emit"
         for hook in self.hooks:
-            hook(session, stored)
+            hook(lookup.session, stored)
+        if stored.token_rep_id is not None:
+            lookup.forget()  # a rep's mail may carry commands that change issues
         return stored
 
     def _quarantine(self, session: Session, raw_id: int, stage: str, detail: str) -> Outcome:
@@ -145,27 +173,42 @@ class Pipeline:
         log.warning("quarantined raw=%s stage=%s error=%s", raw_id, stage, detail[:300])
         return Outcome(raw_id, "quarantined", stage=stage, error=detail)
 
-    def _prepared(self, raws: list[RawMessage]) -> Iterator[Prepared]:
-        """parse and classify every message, in worker processes when there are several."""
-        args = [(r.data, tuple(r.envelope_to or ()), self.own_mail) for r in raws]
-        if self.workers > 1 and len(raws) > 1:
-            if self._executor is None:
-                self._executor = ProcessPoolExecutor(self.workers - 1, mp_context=get_context("fork"))
-            return self._executor.map(prepare, *zip(*args), chunksize=8)
-        return (prepare(*a) for a in args)
+    def prepare_ahead(self, jobs: Iterable[tuple[int, bytes, tuple[str, ...]]]) -> Ahead:
+        """Start parse and classify of (raw id, bytes, envelope recipients): in worker
+        processes when there are several, so they run while earlier mail is stored."""
+        ahead, jobs = Ahead(), list(jobs)
+        if self.workers <= 1:
+            for raw_id, data, envelope_to in jobs:
+                ahead.put(raw_id, prepare(data, envelope_to, self.own_mail))
+            return ahead
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(self.workers - 1, mp_context=get_context("fork"))
+        for i in range(0, len(jobs), _CHUNK):
+            chunk = jobs[i : i + _CHUNK]
+            future = self._executor.submit(_prepare_many, [(d, e) for _, d, e in chunk], self.own_mail)
+            for index, (raw_id, _, _) in enumerate(chunk):
+                ahead.put_future(raw_id, future, index)
+        return ahead
 
-    def process(self, raw_ids: Iterable[int]) -> list[Outcome]:
+    def process(self, raw_ids: Iterable[int], ahead: Ahead | None = None) -> list[Outcome]:
         """Run pending messages through the stages, one transaction for the batch.
 
+        `ahead` holds their parse results when the caller started them early.
         The batch runs without per-message savepoints; if a stage fails, the
         whole batch is rolled back and run again with a savepoint per message,
         so the failing one goes to quarantine and the others are stored.
         """
         raw_ids = list(raw_ids)
+        if ahead is None:
+            # Parse and classify before the write transaction, so the database
+            # is locked only for the stages that need it.
+            with self.sessions() as session:
+                rows = self._pending(session, raw_ids, data=True)
+                ahead = self.prepare_ahead((r.id, r.data, tuple(r.envelope_to or ())) for r in rows)
         try:
-            outcomes = self._process(raw_ids, isolate=False)
+            outcomes = self._process(raw_ids, ahead, isolate=False)
         except _Retry:
-            outcomes = self._process(raw_ids, isolate=True)
+            outcomes = self._process(raw_ids, ahead, isolate=True)
         for o in outcomes:
             if o.stored:
                 s = o.stored
@@ -182,19 +225,23 @@ class Pipeline:
             q = q.options(undefer(RawMessage.data))
         return list(session.scalars(q.with_for_update(skip_locked=True)))
 
-    def _process(self, raw_ids: list[int], isolate: bool) -> list[Outcome]:
+    def _prefetch(self, lookup: DbLookup, preps: list[Prepared]) -> None:
+        keys, mids = [], []
+        for p in preps:
+            if p.msg is not None:
+                keys.append(sender_key(p.msg, self.identify_ctx))
+                mids += parent_ids(p.msg, p.cls)
+        lookup.prefetch(keys, mids)
+
+    def _process(self, raw_ids: list[int], ahead: Ahead, isolate: bool) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        prepared: dict[int, Prepared] | None = None
-        if self.workers <= 1:
-            # Parse and classify before the write transaction, so the database
-            # is locked only for the stages that need it.
-            with self.sessions() as session:
-                raws = self._pending(session, raw_ids, data=True)
-                prepared = {r.id: p for r, p in zip(raws, self._prepared(raws))}
+        done: list[tuple[int, str]] = []
         with self.sessions() as session, session.begin():
-            raws = self._pending(session, raw_ids, data=prepared is None)
-            preps = (prepared[r.id] if r.id in prepared else prepare(r.data, tuple(r.envelope_to or ()), self.own_mail)
-                     for r in raws) if prepared is not None else self._prepared(raws)
+            raws = self._pending(session, raw_ids, data=False)
+            # A row that turned pending since (a retry) is parsed here; its data loads on access.
+            preps = [ahead.get(r.id) or prepare(r.data, tuple(r.envelope_to or ()), self.own_mail) for r in raws]
+            lookup = DbLookup(session)
+            self._prefetch(lookup, preps)
             for raw, prep in zip(raws, preps):
                 if prep.error is not None:
                     outcomes.append(self._quarantine(session, raw.id, prep.stage, prep.error))
@@ -202,14 +249,17 @@ class Pipeline:
                 current = ["identify"]
                 try:
                     with session.begin_nested() if isolate else nullcontext():
-                        stored = self._settle(session, raw, prep, current)
+                        stored = self._settle(lookup, raw, prep, current)
                     outcomes.append(Outcome(raw.id, "done", stored))
+                    done.append((raw.id, stored.outcome))
                 except Exception as exc:  # noqa: BLE001 - the one broad catch
                     if is_transient(exc):
                         raise
                     if not isolate:
                         raise _Retry() from exc
+                    lookup.forget()  # it may remember writes the savepoint undid
                     outcomes.append(self._quarantine(session, raw.id, current[0], describe(exc)))
+            mark_done(lookup.conn, done)
         return outcomes
 
     def close(self) -> None:

@@ -13,14 +13,41 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
 
 from ..addresses import AddressRules
-from ..models import Action, Attachment, Blob, Category, Customer, CustomerAddress, Interaction, Issue, RawMessage, utcnow
+from ..models import Action, Attachment, Blob, Customer, CustomerAddress, Interaction, Issue, RawMessage, utcnow
 from ..timefmt import aware
+from .lookup import DbLookup
 from .records import Classification, CustomerMatch, ParsedMessage, ThreadDecision
+
+# Built once: statements are the hot path's main cost, and a prebuilt one
+# skips construction and reuses its compiled form.
+_issues, _customers, _addresses = Issue.__table__, Customer.__table__, CustomerAddress.__table__
+_raw = RawMessage.__table__
+_NEW_CUSTOMER = insert(_customers).returning(_customers.c.id)
+_NEW_ISSUE = insert(_issues).returning(_issues.c.id)
+_NEW_INTERACTION = insert(Interaction.__table__).returning(Interaction.__table__.c.id)
+_NEW_ACTION = insert(Action.__table__)
+_NEW_BLOB = insert(Blob.__table__)
+_NEW_ATTACHMENT = insert(Attachment.__table__)
+_DROP_CUSTOMER = _customers.delete().where(_customers.c.id == bindparam("id"))
+_ADDRESS_OWNER = select(_addresses.c.customer_id).where(_addresses.c.key == bindparam("key"))
+_CLOSED_AT = select(_issues.c.closed_at).where(_issues.c.id == bindparam("id"))
+_REOPEN = update(_issues).where(_issues.c.id == bindparam("issue_id"))
+_DONE = update(_raw).where(_raw.c.id == bindparam("raw_id"))
+
+
+def _claim_address(dialect: str):
+    """Insert an address unless its key is taken (ON CONFLICT is per backend)."""
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (insert_(_addresses).on_conflict_do_nothing(index_elements=[_addresses.c.key])
+            .returning(_addresses.c.id))
+
+
+_CLAIM_ADDRESS = {name: _claim_address(name) for name in ("postgresql", "sqlite")}
 
 
 class NoSender(Exception):
@@ -45,11 +72,8 @@ class Stored:
     token_purpose: str | None = None  # reply, note or customer
 
 
-def _insert(conn: Connection, model, **values) -> int:
-    return conn.execute(insert(model.__table__).returning(model.__table__.c.id), values).scalar_one()
-
-
-def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classification, rules: AddressRules) -> int | None:
+def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classification, rules: AddressRules,
+              lookup: DbLookup) -> int | None:
     """The sender's record: existing, new (for human mail from a customer), or none.
 
     When another transaction recorded the same new sender after identify
@@ -60,30 +84,30 @@ def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classificatio
         return None
     if sender.customer_id is not None or cls.auto:
         return sender.customer_id  # automatic mail never creates an identification record
-    from sqlalchemy.dialects import postgresql, sqlite  # ON CONFLICT is per backend
-
     now, key = utcnow(), rules.key(sender.email)[:320]
-    customer_id = _insert(conn, Customer, name=(sender.name or "")[:200], tags=[], created_at=now)
-    addresses, customers = CustomerAddress.__table__, Customer.__table__
-    claim = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(addresses)
+    customer_id = conn.execute(_NEW_CUSTOMER, {"name": (sender.name or "")[:200], "tags": [], "created_at": now}).scalar_one()
     claimed = conn.execute(
-        claim.values(customer_id=customer_id, email=sender.email[:320], key=key, created_at=now)
-        .on_conflict_do_nothing(index_elements=[addresses.c.key]).returning(addresses.c.id)
+        _CLAIM_ADDRESS[conn.dialect.name],
+        {"customer_id": customer_id, "email": sender.email[:320], "key": key, "created_at": now},
     ).scalar()
     if claimed is None:
-        conn.execute(customers.delete().where(customers.c.id == customer_id))
-        customer_id = conn.scalar(select(addresses.c.customer_id).where(addresses.c.key == key))
+        conn.execute(_DROP_CUSTOMER, {"id": customer_id})
+        customer_id = conn.scalar(_ADDRESS_OWNER, {"key": key})
+    lookup.remember_customer(key, customer_id)
     return customer_id
 
 
-def _new_issue(conn: Connection, mailbox: str, msg: ParsedMessage, category: str, customer_id, own) -> int:
-    ids = dict(conn.execute(select(Category.name, Category.id)).all())
+def _new_issue(conn: Connection, mailbox: str, msg: ParsedMessage, category: str, customer_id, own,
+               lookup: DbLookup) -> int:
+    ids = lookup.category_ids()
     now = utcnow()
-    return _insert(
-        conn, Issue, mailbox=mailbox, subject=msg.subject, category_id=ids.get(category) or ids["uncategorized"],
+    issue_id = conn.execute(_NEW_ISSUE, dict(
+        mailbox=mailbox, subject=msg.subject, category_id=ids.get(category) or ids["uncategorized"],
         customer_id=customer_id, cc=[a.email for a in msg.cc if a.email.lower() not in own], tags=[],
         status="open", priority="normal", opened_at=now, updated_at=now,
-    )
+    )).scalar_one()
+    lookup.remember_issue(issue_id, "open")
+    return issue_id
 
 
 def _attachments(conn: Connection, interaction_id: int, msg: ParsedMessage) -> None:
@@ -94,9 +118,9 @@ def _attachments(conn: Connection, interaction_id: int, msg: ParsedMessage) -> N
     for att in msg.attachments:
         digest = att.sha256
         if digest not in known:
-            conn.execute(insert(Blob.__table__), {"sha256": digest, "size": att.size, "data": att.data})
+            conn.execute(_NEW_BLOB, {"sha256": digest, "size": att.size, "data": att.data})
             known.add(digest)
-        conn.execute(insert(Attachment.__table__), {
+        conn.execute(_NEW_ATTACHMENT, {
             "interaction_id": interaction_id, "sha256": digest, "filename": att.filename,
             "content_type": att.content_type[:255], "content_id": (att.content_id or "")[:255] or None,
             "inline": att.inline, "size": att.size,
@@ -136,31 +160,31 @@ def _interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision) -> di
     )
 
 
-def _finish(conn: Connection, raw_id: int, outcome: str) -> None:
-    conn.execute(
-        update(RawMessage.__table__).where(RawMessage.__table__.c.id == raw_id),
-        {"state": "done", "outcome": outcome, "processed_at": utcnow(), "stage": None, "error": None},
-    )
+def mark_done(conn: Connection, outcomes: list[tuple[int, str]]) -> None:
+    """Mark stored messages done, in one statement for the batch."""
+    if outcomes:
+        now = utcnow()
+        conn.execute(_DONE, [
+            {"raw_id": raw_id, "state": "done", "outcome": outcome, "processed_at": now, "stage": None, "error": None}
+            for raw_id, outcome in outcomes
+        ])
 
 
 def _closed_long_ago(conn: Connection, issue_id: int, days: float | None) -> bool:
     """Per the mailbox's reopen_days: a reply this late opens a new, linked issue."""
     if days is None:
         return False
-    closed_at = conn.scalar(select(Issue.__table__.c.closed_at).where(Issue.__table__.c.id == issue_id))
+    closed_at = conn.scalar(_CLOSED_AT, {"id": issue_id})
     return closed_at is not None and aware(closed_at) < utcnow() - timedelta(days=days)
 
 
-def _reopen(conn: Connection, issue_id: int) -> None:
-    table = Issue.__table__
-    conn.execute(
-        update(table).where(table.c.id == issue_id),
-        {"status": "open", "closed_at": None, "updated_at": utcnow()},
-    )
+def _reopen(conn: Connection, issue_id: int, lookup: DbLookup) -> None:
+    conn.execute(_REOPEN, {"issue_id": issue_id, "status": "open", "closed_at": None, "updated_at": utcnow()})
+    lookup.remember_issue(issue_id, "open")
 
 
 def store(
-    session: Session,
+    lookup: DbLookup,
     raw: RawMessage,
     msg: ParsedMessage,
     cls: Classification,
@@ -170,35 +194,35 @@ def store(
     own_addresses: frozenset[str],
     reopen_days: float | None = None,
 ) -> Stored:
+    """Write the message's records; the caller marks the raw message done (`mark_done`)."""
     raw_id, mailbox, source = raw.id, raw.mailbox, raw.source
-    conn = session.connection()
+    conn = lookup.conn
     if cls.own_mail:
-        _finish(conn, raw_id, "own-mail")
         return Stored(raw_id, "own-mail", mailbox, auto=cls.auto, source=source)
     if decision.issue_id is None and (cls.auto or cls.bounce):
         outcome = "unmatched-bounce" if cls.bounce else "unmatched-auto"
-        _finish(conn, raw_id, outcome)
         return Stored(raw_id, outcome, mailbox, auto=cls.auto, source=source)
     if sender is None and decision.issue_id is None:
         raise NoSender("no From address, and nothing to thread it onto")
-    customer_id = _customer(conn, sender, cls, rules)
+    customer_id = _customer(conn, sender, cls, rules, lookup)
     issue_id = decision.issue_id
     from_customer = sender is not None and not (sender.is_rep or sender.own_address)
     wakes = decision.issue_status == "closed" and from_customer and not cls.auto
     linked_to = issue_id if wakes and _closed_long_ago(conn, issue_id, reopen_days) else None
     new_issue = issue_id is None or linked_to is not None
     if new_issue:
-        issue_id = _new_issue(conn, mailbox, msg, decision.category, customer_id, own_addresses)
-    interaction_id = _insert(conn, Interaction, **_interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision))
-    for target in (issue_id, linked_to):  # a late reply also stays visible on the old issue
-        if target is not None:
-            conn.execute(insert(Action.__table__), {"issue_id": target, "interaction_id": interaction_id, "created_at": utcnow()})
+        issue_id = _new_issue(conn, mailbox, msg, decision.category, customer_id, own_addresses, lookup)
+    row = _interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision)
+    interaction_id = conn.execute(_NEW_INTERACTION, row).scalar_one()
+    targets = [t for t in (issue_id, linked_to) if t is not None]  # a late reply also stays on the old issue
+    now = utcnow()
+    conn.execute(_NEW_ACTION, [{"issue_id": t, "interaction_id": interaction_id, "created_at": now} for t in targets])
+    lookup.remember_message(msg.message_id, targets)
     _attachments(conn, interaction_id, msg)
     # An issue's last activity is its newest action; only a reopen changes the row.
     reopened = wakes and linked_to is None
     if reopened:
-        _reopen(conn, issue_id)
-    _finish(conn, raw_id, "interaction")
+        _reopen(conn, issue_id, lookup)
     return Stored(
         raw_id, "interaction", mailbox, issue_id, interaction_id, new_issue, reopened,
         customer_id, sender.rep_id if sender else None, cls.auto, decision.reason, source,

@@ -56,11 +56,21 @@ def _by_token(msg: ParsedMessage, ctx: ThreadContext, lookup: ThreadLookup) -> T
     return None
 
 
-def _by_message_ids(msg: ParsedMessage, cls: Classification, lookup: ThreadLookup) -> ThreadDecision | None:
+def _wanted(msg: ParsedMessage, cls: Classification) -> list[tuple[str, str]]:
     wanted = [(mid, "in-reply-to") for mid in msg.in_reply_to]
     wanted += [(mid, "references") for mid in reversed(msg.references)]
     if cls.bounce and cls.bounce.original_message_id:
         wanted.append((cls.bounce.original_message_id, "bounce"))
+    return wanted
+
+
+def parent_ids(msg: ParsedMessage, cls: Classification) -> list[str]:
+    """The Message-IDs thread will look up, for a batch prefetch."""
+    return [mid for mid, _ in _wanted(msg, cls)]
+
+
+def _by_message_ids(msg: ParsedMessage, cls: Classification, lookup: ThreadLookup) -> ThreadDecision | None:
+    wanted = _wanted(msg, cls)
     if not wanted:
         return None
     found = lookup.issues_by_message_ids([mid for mid, _ in wanted])
