@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,15 +56,8 @@ def write_config(directory: Path, server: Dovecot, folder: str, small: int, big:
 
 
 def run_child(argv: list[str], messages: int, log: Path) -> tuple[ingest.Timing, int]:
-    """Wall clock from spawn to exit, and that child's own peak RSS (as bench/ingest.py measures)."""
-    env = ingest._env() | {PASSWORD_ENV: PASSWORD}
-    with open(log, "wb") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-    rss = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    return ingest.Timing(seconds, messages, rss), os.waitstatus_to_exitcode(status)
+    """Wall clock from spawn to exit, and the child's peak RSS (as bench/ingest.py measures)."""
+    return ingest.run_measured(argv, messages, log, ingest._env() | {PASSWORD_ENV: PASSWORD})
 
 
 def quiet_polls(config: Path, names: list[str], polls: int) -> dict[str, tuple[float, float]]:

@@ -173,17 +173,49 @@ def maild_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "maild", *args]
 
 
-def run_import(config: Path, manifest: corpusgen.Manifest, log: Path) -> tuple[Timing, int]:
-    """Run `maild import` as a child; wall clock from spawn to exit, and that child's own peak RSS."""
-    argv = maild_argv("import", "-c", str(config), "--mailbox", "support", manifest.path)
+def _peak_kb(pid: int) -> int:
+    """A process's own peak RSS since exec (VmHWM), in KiB; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def run_measured(argv: list[str], messages: int, log: Path, env: dict[str, str] | None = None) -> tuple[Timing, int]:
+    """Run a child; wall clock from spawn to exit, and the peak RSS of its largest process.
+
+    The peak is each process's own high-water mark, read from /proc while it
+    runs: the rusage of wait4 would also count the benchmark's own memory,
+    which the child shares between fork and exec. Without /proc, that rusage.
+    """
+    peaks: dict[int, int] = {}
     with open(log, "wb") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=_env())
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env or _env())
+        while proc.poll() is None:
+            for pid in (proc.pid, *_children(proc.pid)):
+                peaks[pid] = max(peaks.get(pid, 0), _peak_kb(pid))
+            time.sleep(0.1)
         seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    rss = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
-    return Timing(seconds, len(manifest.messages), rss), proc.returncode
+    peak_kb = max(peaks.values(), default=0)
+    if not peak_kb:
+        import resource
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+    return Timing(seconds, messages, peak_kb / 1024), proc.returncode
+
+
+def run_import(config: Path, manifest: corpusgen.Manifest, log: Path) -> tuple[Timing, int]:
+    argv = maild_argv("import", "-c", str(config), "--mailbox", "support", manifest.path)
+    return run_measured(argv, len(manifest.messages), log)
 
 
 def maild_json(config: Path, *args: str):

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +17,10 @@ from . import models
 from .config import Settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest migration. A database already there needs no Alembic at start
+# (every `maild ingest` from an MTA is a process start); a test keeps this in
+# step with the migration scripts.
+SCHEMA_HEADS = frozenset({"0003"})
 
 
 def normalise_url(url: str) -> str:
@@ -60,8 +62,22 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def schema_heads(engine: Engine) -> frozenset[str]:
+    """The migrations the database is at; empty for a new database."""
+    try:
+        with engine.connect() as conn:
+            return frozenset(conn.scalars(text("SELECT version_num FROM alembic_version")))
+    except DBAPIError:  # no such table yet; a database that is down fails again in the upgrade
+        return frozenset()
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest migration."""
+    if schema_heads(engine) == SCHEMA_HEADS:
+        return
+    from alembic import command  # only when there is something to do: a slow import
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:

@@ -6,7 +6,6 @@ import json
 import mailbox
 import sqlite3
 import sys
-from pathlib import Path
 
 from conftest import REPO, run_maild, write_config
 from test_pipeline import mail

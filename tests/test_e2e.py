@@ -10,7 +10,7 @@ import time
 from email.message import EmailMessage
 
 from conftest import run_maild, write_config
-from daemon_helpers import Maild, free_port, ports_of, smtp_client
+from daemon_helpers import Maild, free_port, smtp_client
 from test_outbound import SinkProcess
 
 

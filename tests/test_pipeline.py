@@ -6,7 +6,6 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from datetime import datetime, timezone
 
-import pytest
 from sqlalchemy import func, select
 
 from maild import queries

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from maild.app import build
 from maild.config import load
-from maild.models import Interaction, Issue, OutboxMessage
+from maild.models import Interaction, Issue
 from conftest import SECRET, run_maild, write_config
 from test_outbound import SinkProcess, free_port, rows
 from test_pipeline import ingest, mail

@@ -16,13 +16,20 @@ class SourceError(Exception):
     pass
 
 
-def _maildir_files(path: Path) -> list[Path]:
-    files: list[Path] = []
+def _maildir_files(path: Path) -> list[str]:
+    """Plain strings: a Path caches its text form once read, growing the list as it is read."""
+    files: list[tuple[str, str]] = []
     for sub in ("cur", "new"):
         folder = path / sub
         if folder.is_dir():
-            files.extend(Path(e.path) for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
-    return sorted(files, key=lambda p: p.name)
+            files.extend((e.name, e.path) for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
+    files.sort()
+    return [file for _, file in files]
+
+
+def _read(file: str) -> bytes:
+    with open(file, "rb") as f:
+        return f.read()
 
 
 def open_source(path: str | os.PathLike) -> tuple[int, Iterator[bytes]]:
@@ -32,7 +39,7 @@ def open_source(path: str | os.PathLike) -> tuple[int, Iterator[bytes]]:
         if not (p / "cur").is_dir() and not (p / "new").is_dir():
             raise SourceError(f"{p}: a folder, but not a Maildir (no cur/ or new/)")
         files = _maildir_files(p)
-        return len(files), (f.read_bytes() for f in files)
+        return len(files), (_read(f) for f in files)
     if p.is_file():
         box = mailbox.mbox(p, create=False)
         keys = box.keys()

@@ -31,7 +31,6 @@ _NEW_CUSTOMER = insert(_customers).returning(_customers.c.id)
 _NEW_ISSUE = insert(_issues).returning(_issues.c.id)
 _NEW_INTERACTION = insert(Interaction.__table__).returning(Interaction.__table__.c.id)
 _NEW_ACTION = insert(Action.__table__)
-_NEW_BLOB = insert(Blob.__table__)
 _NEW_ATTACHMENT = insert(Attachment.__table__)
 _DROP_CUSTOMER = _customers.delete().where(_customers.c.id == bindparam("id"))
 _ADDRESS_OWNER = select(_addresses.c.customer_id).where(_addresses.c.key == bindparam("key"))
@@ -40,14 +39,15 @@ _REOPEN = update(_issues).where(_issues.c.id == bindparam("issue_id"))
 _DONE = update(_raw).where(_raw.c.id == bindparam("raw_id"))
 
 
-def _claim_address(dialect: str):
-    """Insert an address unless its key is taken (ON CONFLICT is per backend)."""
+def _unless_there(dialect: str, table, key):
+    """Insert unless the key is taken (ON CONFLICT is per backend)."""
     insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    return (insert_(_addresses).on_conflict_do_nothing(index_elements=[_addresses.c.key])
-            .returning(_addresses.c.id))
+    return insert_(table).on_conflict_do_nothing(index_elements=[key])
 
 
-_CLAIM_ADDRESS = {name: _claim_address(name) for name in ("postgresql", "sqlite")}
+_DIALECTS = ("postgresql", "sqlite")
+_CLAIM_ADDRESS = {d: _unless_there(d, _addresses, _addresses.c.key).returning(_addresses.c.id) for d in _DIALECTS}
+_NEW_BLOB = {d: _unless_there(d, Blob.__table__, Blob.__table__.c.sha256) for d in _DIALECTS}
 
 
 class NoSender(Exception):
@@ -113,18 +113,13 @@ def _new_issue(conn: Connection, mailbox: str, msg: ParsedMessage, category: str
 def _attachments(conn: Connection, interaction_id: int, msg: ParsedMessage) -> None:
     if not msg.attachments:
         return
-    digests = {a.sha256 for a in msg.attachments}
-    known = set(conn.scalars(select(Blob.sha256).where(Blob.sha256.in_(digests))))
-    for att in msg.attachments:
-        digest = att.sha256
-        if digest not in known:
-            conn.execute(_NEW_BLOB, {"sha256": digest, "size": att.size, "data": att.data})
-            known.add(digest)
-        conn.execute(_NEW_ATTACHMENT, {
-            "interaction_id": interaction_id, "sha256": digest, "filename": att.filename,
-            "content_type": att.content_type[:255], "content_id": (att.content_id or "")[:255] or None,
-            "inline": att.inline, "size": att.size,
-        })
+    blobs = {a.sha256: {"sha256": a.sha256, "size": a.size, "data": a.data} for a in msg.attachments}
+    conn.execute(_NEW_BLOB[conn.dialect.name], list(blobs.values()))  # content already stored stays as it is
+    conn.execute(_NEW_ATTACHMENT, [{
+        "interaction_id": interaction_id, "sha256": a.sha256, "filename": a.filename,
+        "content_type": a.content_type[:255], "content_id": (a.content_id or "")[:255] or None,
+        "inline": a.inline, "size": a.size,
+    } for a in msg.attachments])
 
 
 def _interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision) -> dict:
