@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import mailbox
 import sqlite3
+import subprocess
 import sys
 
 from conftest import REPO, run_maild, write_config
@@ -122,3 +123,24 @@ def test_quarantine_list_show_retry_and_discard(cli, tmp_path, monkeypatch):
     assert issue["interactions"] >= 1
     inbound = [i for i in cli.json("issues", "show", "1")["interactions"] if i["direction"] == "inbound"]
     assert [i["message_id"] for i in inbound] == ["q1@example.com"]
+
+
+def test_the_command_table_names_the_module_of_each_command():
+    from maild.cli import main
+
+    for name in main.list_commands(None):  # loads every command module
+        module = main.commands[name].callback.__module__
+        assert main.modules.get(name, "") == module.removeprefix("maild.cli").lstrip("."), name
+
+
+def test_ingest_from_an_mta_loads_neither_the_daemon_nor_imap(config_path):
+    code = (
+        "import sys\nfrom maild.cli import main\n"
+        "sys.argv = ['maild', 'ingest', '-c', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('aiosmtpd', 'imapclient', 'apscheduler') if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(config_path)], input=mail(), capture_output=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert b"interaction issue 1" in r.stderr
+    assert r.stdout.strip() == b"[]"

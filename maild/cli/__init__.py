@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import sys
@@ -46,7 +47,37 @@ def print_json(data) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
-@click.group()
+class _LazyGroup(click.Group):
+    """Loads a command's module when that command runs: `maild ingest`, one
+    process per message under an MTA, need not load the daemon or IMAP code.
+    The table only saves time; a command missing from it loads every module."""
+
+    modules = {
+        "ingest": "intake", "import": "intake", "parse": "intake",
+        "issues": "records", "quarantine": "records", "customers": "customers",
+        "outbox": "outbound", "notify": "outbound", "bounces": "outbound",
+        "reply": "reps", "canned": "reps", "poll": "poll", "run": "daemon",
+    }
+
+    def _load(self, *names: str) -> None:
+        for name in names:
+            importlib.import_module(f"{__name__}.{name}")  # registers its commands on `main`
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands:
+            pass
+        elif cmd_name in self.modules:
+            self._load(self.modules[cmd_name])
+        else:  # an unknown name: click's own error, once every command is known
+            self._load(*sorted(set(self.modules.values())))
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load(*sorted(set(self.modules.values())))
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_LazyGroup)
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def main(verbose: int) -> None:
     """maild: email-ingestion helpdesk daemon."""
@@ -73,12 +104,3 @@ def check(settings: Settings) -> None:
         click.echo(f"rep {r.name} <{r.email}>")
     for c in settings.category:
         click.echo(f"category {c.name}")
-
-
-from . import intake as _intake  # noqa: E402,F401  (registers commands)
-from . import records as _records  # noqa: E402,F401
-from . import customers as _customers  # noqa: E402,F401
-from . import outbound as _outbound  # noqa: E402,F401
-from . import reps as _reps  # noqa: E402,F401
-from . import poll as _poll  # noqa: E402,F401
-from . import daemon as _daemon  # noqa: E402,F401
