@@ -31,3 +31,14 @@ def test_generated_corpus_threads_perfectly_and_imports_once(cli, tmp_path):
     files = sorted(str(p) for p in (tmp_path / "md" / "cur").iterdir())[:40]
     assert cli("ingest", "--mailbox", "support", *files).exit_code == 0
     assert cli.json("issues", "list") == issues
+
+
+def test_import_batches_are_bounded_by_count_and_by_bytes():
+    from maild.cli.intake import _batches
+
+    sizes = lambda chunks: [[len(m) for m in c] for c in chunks]  # noqa: E731
+    assert sizes(_batches([b"x" * 10] * 5, size=2, max_bytes=1000)) == [[10, 10], [10, 10], [10]]
+    assert sizes(_batches([b"x" * 10] * 5, size=10, max_bytes=25)) == [[10, 10], [10, 10], [10]]
+    # A message larger than the byte bound travels alone; nothing is dropped.
+    assert sizes(_batches([b"x" * 5, b"x" * 50, b"x" * 5], size=10, max_bytes=20)) == [[5], [50], [5]]
+    assert list(_batches([], size=10)) == []

@@ -130,6 +130,18 @@ def test_message_without_message_id_dedupes_by_content(app):
     assert count(app, Interaction) == 1
 
 
+def test_the_dedupe_key_is_the_header_message_id_or_the_content():
+    from maild.ingest.intake import dedupe_key
+
+    crlf = b"From: a@example.com\r\nMessage-ID:\r\n  <folded@example.com>\r\n\r\nbody\r\n"
+    assert dedupe_key(crlf) == "mid:folded@example.com"
+    assert dedupe_key(crlf.replace(b"\r\n", b"\n")) == "mid:folded@example.com"
+    # A Message-ID line in the body (a quoted or forwarded mail) is not the message's own.
+    quoted = b"From: a@example.com\n\nMessage-ID: <inner@example.com>\n"
+    assert dedupe_key(quoted).startswith("sha256:")
+    assert dedupe_key(quoted) != dedupe_key(quoted + b"more")
+
+
 def test_customer_recognised_by_any_address_case_insensitively(app):
     a = ingest(app, mail(frm="Pat <Pat@Example.COM>", msgid="<c1@example.com>"))
     b = ingest(app, mail(frm="pat@example.com", subject="Another thing", msgid="<c2@example.com>"))

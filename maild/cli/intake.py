@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from itertools import islice
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -71,8 +71,20 @@ def ingest(settings: Settings, mailbox_name: str | None, files: tuple[str, ...])
             click.echo(f"raw {a.raw_id}: duplicate, nothing new", err=True)
 
 
-def _batches(iterator, size: int):
-    while chunk := list(islice(iterator, size)):
+BATCH_BYTES = 64 * 1024 * 1024  # two batches are in memory at once: one parsing, one storing
+
+
+def _batches(messages: Iterable[bytes], size: int, max_bytes: int = BATCH_BYTES) -> Iterator[list[bytes]]:
+    """Up to `size` messages, fewer when they add up to more than max_bytes."""
+    chunk: list[bytes] = []
+    total = 0
+    for data in messages:
+        if chunk and (len(chunk) >= size or total + len(data) > max_bytes):
+            yield chunk
+            chunk, total = [], 0
+        chunk.append(data)
+        total += len(data)
+    if chunk:
         yield chunk
 
 

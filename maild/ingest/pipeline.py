@@ -19,7 +19,8 @@ from multiprocessing import get_context
 from typing import Callable, Iterable
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session, sessionmaker, undefer
+from sqlalchemy.engine import Row
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..addresses import AddressRules
 from ..config import Settings
@@ -144,7 +145,7 @@ class Pipeline:
         relays = frozenset(self.rules.key(a) for a in settings.ingest.relay_senders)
         self.identify_ctx = IdentifyContext(self.rules, own, reps, relays)
 
-    def _settle(self, lookup: DbLookup, raw: RawMessage, prep: Prepared, current: list[str]) -> Stored:
+    def _settle(self, lookup: DbLookup, raw: Row, prep: Prepared, current: list[str]) -> Stored:
         """identify, thread, store, emit: the stages that need the database."""
         mailbox = self.settings.mailbox_named(raw.mailbox)
         msg, cls = prep.msg, prep.cls
@@ -218,12 +219,18 @@ class Pipeline:
                 )
         return outcomes
 
-    def _pending(self, session: Session, raw_ids: list[int], data: bool) -> list[RawMessage]:
-        """The still-pending rows among raw_ids, locked against another processor (PostgreSQL)."""
-        q = select(RawMessage).where(RawMessage.id.in_(raw_ids), RawMessage.state == "pending").order_by(RawMessage.id)
-        if data:
-            q = q.options(undefer(RawMessage.data))
-        return list(session.scalars(q.with_for_update(skip_locked=True)))
+    def _pending(self, session: Session, raw_ids: list[int], data: bool) -> list[Row]:
+        """The still-pending rows among raw_ids (id, mailbox, source, envelope_to, and
+        data if asked), locked against another processor (PostgreSQL)."""
+        t = RawMessage.__table__
+        columns = [t.c.id, t.c.mailbox, t.c.source, t.c.envelope_to] + ([t.c.data] if data else [])
+        q = select(*columns).where(t.c.id.in_(raw_ids), t.c.state == "pending").order_by(t.c.id)
+        return list(session.connection().execute(q.with_for_update(skip_locked=True)))
+
+    def _prepare_here(self, session: Session, raw: Row) -> Prepared:
+        """A row that turned pending after its batch was read (a retry) is parsed here."""
+        data = session.connection().scalar(select(RawMessage.data).where(RawMessage.id == raw.id))
+        return prepare(data, tuple(raw.envelope_to or ()), self.own_mail)
 
     def _prefetch(self, lookup: DbLookup, preps: list[Prepared]) -> None:
         keys, mids = [], []
@@ -238,8 +245,7 @@ class Pipeline:
         done: list[tuple[int, str]] = []
         with self.sessions() as session, session.begin():
             raws = self._pending(session, raw_ids, data=False)
-            # A row that turned pending since (a retry) is parsed here; its data loads on access.
-            preps = [ahead.get(r.id) or prepare(r.data, tuple(r.envelope_to or ()), self.own_mail) for r in raws]
+            preps = [ahead.get(r.id) or self._prepare_here(session, r) for r in raws]
             lookup = DbLookup(session)
             self._prefetch(lookup, preps)
             for raw, prep in zip(raws, preps):

@@ -26,7 +26,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from ..config import ConfigError, MailboxConfig, Settings, split_hostport
-from .intake import HEADER_END_RE, Accepted, Incoming
+from .intake import Accepted, Incoming, header_end
 
 log = logging.getLogger("maild.smtp")
 
@@ -73,9 +73,9 @@ class Router:
 
 def header_recipients(data: bytes) -> list[str]:
     """The To and Cc addresses of a message, from its (bounded) header block."""
-    end = HEADER_END_RE.search(data, 0, 65536)
+    end = header_end(data, 65536)
     try:
-        head = BytesHeaderParser(policy=compat32).parsebytes(data[: end.end() if end else 65536])
+        head = BytesHeaderParser(policy=compat32).parsebytes(data[: 65536 if end is None else end])
         fields = [str(v) for k in ("to", "cc") for v in head.get_all(k, [])]
         return [addr for _, addr in getaddresses(fields) if "@" in addr]
     except Exception:  # noqa: BLE001 - unreadable headers: the envelope alone decides

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 
 from ..addresses import AddressRules
 from ..models import Action, Attachment, Blob, Customer, CustomerAddress, Interaction, Issue, RawMessage, utcnow
@@ -180,7 +180,7 @@ def _reopen(conn: Connection, issue_id: int, lookup: DbLookup) -> None:
 
 def store(
     lookup: DbLookup,
-    raw: RawMessage,
+    raw: Row,
     msg: ParsedMessage,
     cls: Classification,
     sender: CustomerMatch | None,
