@@ -124,3 +124,13 @@ def corpus_dir(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared corpus not present at {path}")
     return path
+
+
+@pytest.fixture
+def db(db_url):
+    """Direct reads of the test database, for what the daemon under test stored."""
+    from daemon_helpers import Db
+
+    d = Db(db_url)
+    yield d
+    d.close()

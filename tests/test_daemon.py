@@ -10,14 +10,7 @@ import threading
 import pytest
 
 from conftest import run_maild, write_config
-from daemon_helpers import Db, InProcess, Maild, daemon_config, message, ports_of, smtp_client
-
-
-@pytest.fixture
-def db(db_url):
-    d = Db(db_url)
-    yield d
-    d.close()
+from daemon_helpers import InProcess, Maild, daemon_config, message, ports_of, smtp_client
 
 
 @pytest.fixture

@@ -12,14 +12,7 @@ import subprocess
 import pytest
 from sqlalchemy.engine import make_url
 
-from daemon_helpers import Db, Maild, TcpProxy, daemon_config, message, ports_of, smtp_client
-
-
-@pytest.fixture
-def db(db_url):
-    d = Db(db_url)
-    yield d
-    d.close()
+from daemon_helpers import Maild, TcpProxy, daemon_config, message, ports_of, smtp_client
 
 
 @pytest.fixture
