@@ -27,9 +27,9 @@ from .records import Classification, CustomerMatch, ParsedMessage, ThreadDecisio
 # skips construction and reuses its compiled form.
 _issues, _customers, _addresses = Issue.__table__, Customer.__table__, CustomerAddress.__table__
 _raw = RawMessage.__table__
-_NEW_CUSTOMER = insert(_customers).returning(_customers.c.id)
-_NEW_ISSUE = insert(_issues).returning(_issues.c.id)
-_NEW_INTERACTION = insert(Interaction.__table__).returning(Interaction.__table__.c.id)
+_NEW_CUSTOMER = insert(_customers)
+_NEW_ISSUE = insert(_issues)
+_NEW_INTERACTION = insert(Interaction.__table__)
 _NEW_ACTION = insert(Action.__table__)
 _NEW_ATTACHMENT = insert(Attachment.__table__)
 _DROP_CUSTOMER = _customers.delete().where(_customers.c.id == bindparam("id"))
@@ -37,6 +37,11 @@ _ADDRESS_OWNER = select(_addresses.c.customer_id).where(_addresses.c.key == bind
 _CLOSED_AT = select(_issues.c.closed_at).where(_issues.c.id == bindparam("id"))
 _REOPEN = update(_issues).where(_issues.c.id == bindparam("issue_id"))
 _DONE = update(_raw).where(_raw.c.id == bindparam("raw_id"))
+
+
+def _new_id(conn: Connection, statement, values: dict) -> int:
+    """Insert one row; its id (SQLite's lastrowid, PostgreSQL's RETURNING), cheaper than an explicit RETURNING."""
+    return conn.execute(statement, values).inserted_primary_key[0]
 
 
 def _unless_there(dialect: str, table, key):
@@ -85,7 +90,7 @@ def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classificatio
     if sender.customer_id is not None or cls.auto:
         return sender.customer_id  # automatic mail never creates an identification record
     now, key = utcnow(), rules.key(sender.email)[:320]
-    customer_id = conn.execute(_NEW_CUSTOMER, {"name": (sender.name or "")[:200], "tags": [], "created_at": now}).scalar_one()
+    customer_id = _new_id(conn, _NEW_CUSTOMER, {"name": (sender.name or "")[:200], "tags": [], "created_at": now})
     claimed = conn.execute(
         _CLAIM_ADDRESS[conn.dialect.name],
         {"customer_id": customer_id, "email": sender.email[:320], "key": key, "created_at": now},
@@ -101,11 +106,11 @@ def _new_issue(conn: Connection, mailbox: str, msg: ParsedMessage, category: str
                lookup: DbLookup) -> int:
     ids = lookup.category_ids()
     now = utcnow()
-    issue_id = conn.execute(_NEW_ISSUE, dict(
+    issue_id = _new_id(conn, _NEW_ISSUE, dict(
         mailbox=mailbox, subject=msg.subject, category_id=ids.get(category) or ids["uncategorized"],
         customer_id=customer_id, cc=[a.email for a in msg.cc if a.email.lower() not in own], tags=[],
         status="open", priority="normal", opened_at=now, updated_at=now,
-    )).scalar_one()
+    ))
     lookup.remember_issue(issue_id, "open")
     return issue_id
 
@@ -208,7 +213,7 @@ def store(
     if new_issue:
         issue_id = _new_issue(conn, mailbox, msg, decision.category, customer_id, own_addresses, lookup)
     row = _interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision)
-    interaction_id = conn.execute(_NEW_INTERACTION, row).scalar_one()
+    interaction_id = _new_id(conn, _NEW_INTERACTION, row)
     targets = [t for t in (issue_id, linked_to) if t is not None]  # a late reply also stays on the old issue
     now = utcnow()
     conn.execute(_NEW_ACTION, [{"issue_id": t, "interaction_id": interaction_id, "created_at": now} for t in targets])
