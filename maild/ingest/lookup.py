@@ -70,7 +70,7 @@ class DbLookup:
     def _read_threads(self, ids: list[str]) -> None:
         """A Message-ID on several issues (a late reply kept on the old one) leads to the oldest."""
         for mid, issue_id, status in self.conn.execute(_ISSUES_BY_MESSAGE_IDS, {"ids": ids}):
-            known = self._threads[mid]
+            known = self._threads.get(mid)
             self._threads[mid] = issue_id if known is None else min(known, issue_id)
             self._status.setdefault(issue_id, status)
 
