@@ -20,7 +20,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -101,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n < args.small or args.small < 1 or args.repeat < 1:
         parser.error("need 1 <= --small <= --n and --repeat >= 1")
-    if args.keep:
-        args.keep.mkdir(parents=True, exist_ok=True)
-        return run(args, args.keep)
-    with tempfile.TemporaryDirectory(prefix="maild-bench-imap-") as work:
-        return run(args, Path(work))
+    return ingest.in_workdir(args, "maild-bench-imap-", run)
 
 
 def run(args: argparse.Namespace, work: Path) -> int:

@@ -318,10 +318,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1 or args.repeat < 1:
         parser.error("--n and --repeat must be at least 1")
+    return in_workdir(args, "maild-bench-", run)
+
+
+def in_workdir(args: argparse.Namespace, prefix: str, run) -> int:
+    """run(args, DIR): in --keep DIR when given (kept), else in a temporary folder."""
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         return run(args, args.keep)
-    with tempfile.TemporaryDirectory(prefix="maild-bench-") as work:
+    with tempfile.TemporaryDirectory(prefix=prefix) as work:
         return run(args, Path(work))
 
 

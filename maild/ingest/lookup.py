@@ -23,7 +23,6 @@ _OWNER = (
     select(CustomerAddress.key, CustomerAddress.customer_id, Customer.merged_into_id)
     .join(Customer, Customer.id == CustomerAddress.customer_id)
 )
-_OWNER_BY_KEY = _OWNER.where(CustomerAddress.key == bindparam("key"))
 _OWNERS_BY_KEYS = _OWNER.where(CustomerAddress.key.in_(bindparam("keys", expanding=True)))
 _MERGED_INTO = select(Customer.merged_into_id).where(Customer.id == bindparam("id"))
 _ISSUES_BY_MESSAGE_IDS = (
@@ -57,11 +56,17 @@ class DbLookup:
 
     def prefetch(self, keys: Iterable[str], message_ids: Iterable[str]) -> None:
         """Answer these address keys and Message-IDs now, a query per few hundred."""
+        self._fetch_owners(keys)
+        self._fetch_threads(message_ids)
+
+    def _fetch_owners(self, keys: Iterable[str]) -> None:
         keys = [k for k in dict.fromkeys(keys) if k and k not in self._owners]
         for chunk in _chunks(keys):
             self._owners.update(dict.fromkeys(chunk))
             for key, customer_id, merged_into in self.conn.execute(_OWNERS_BY_KEYS, {"keys": chunk}):
                 self._owners[key] = self._live(customer_id, merged_into)
+
+    def _fetch_threads(self, message_ids: Iterable[str]) -> None:
         ids = [i for i in dict.fromkeys(message_ids) if i and i not in self._threads]
         for chunk in _chunks(ids):
             self._threads.update(dict.fromkeys(chunk))
@@ -101,19 +106,12 @@ class DbLookup:
 
     def live_customer_by_key(self, key: str) -> int | None:
         """The record owning an address, never a merged one: what it was merged into."""
-        if key in self._owners:
-            return self._owners[key]
-        row = self.conn.execute(_OWNER_BY_KEY, {"key": key}).first()
-        found = None if row is None else self._live(row[1], row[2])
-        self._owners[key] = found
-        return found
+        self._fetch_owners([key])
+        return self._owners.get(key)  # an empty key is nobody's
 
     def issues_by_message_ids(self, ids: Sequence[str]) -> dict[str, int]:
         ids = list(dict.fromkeys(i for i in ids if i))[:200]
-        missing = [i for i in ids if i not in self._threads]
-        if missing:
-            self._threads.update(dict.fromkeys(missing))
-            self._read_threads(missing)
+        self._fetch_threads(ids)
         return {i: self._threads[i] for i in ids if self._threads[i] is not None}
 
     def issue_status(self, issue_id: int) -> str | None:
