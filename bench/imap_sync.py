@@ -64,7 +64,7 @@ def quiet_polls(config: Path, names: list[str], polls: int) -> dict[str, tuple[f
     os.environ[PASSWORD_ENV] = PASSWORD
     from maild.app import build
     from maild.config import load
-    from maild.ingest.imap import imap_services
+    from maild.ingest.imap.poller import imap_services
 
     app = build(load(config))
     out = {}

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import db
-from .config import ConfigError, Settings
-from .ingest.pipeline import Pipeline
-from .outbound.notify import Notifier
-from .outbound.sender import Sender
-from .outbound.templates import Templates
-from .outbound.tokens import TokenSigner
+from maild import db
+from maild.config import ConfigError, Settings
+from maild.ingest.pipeline import Pipeline
+from maild.desk.notify import Notifier
+from maild.outbound.sender import Sender
+from maild.outbound.templates import Templates
+from maild.tokens import TokenSigner
 
 log = logging.getLogger("maild")
 

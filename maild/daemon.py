@@ -24,17 +24,17 @@ from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import db
-from .app import App, build
-from .config import Settings, split_hostport
-from .db import is_transient
-from .ingest import smtp
-from .ingest.imap import imap_services
-from .ingest.intake import Accepted, Incoming, accept, accept_many
-from .ingest.pipeline import Pipeline
-from .models import RawMessage
-from .scheduler import Job, Scheduler
-from .writegate import WriteGate
+from maild import db
+from maild.app import App, build
+from maild.config import Settings, split_hostport
+from maild.db import is_transient
+from maild.ingest import smtp
+from maild.ingest.imap.poller import imap_services
+from maild.ingest.intake import Accepted, Incoming, accept, accept_many
+from maild.ingest.pipeline import Pipeline
+from maild.models import RawMessage
+from maild.scheduler import Job, Scheduler
+from maild.writegate import WriteGate
 
 log = logging.getLogger("maild.daemon")
 

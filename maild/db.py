@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import models
-from .config import Settings
+from maild import models
+from maild.config import Settings
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration. A database already there needs no Alembic at start

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from maild.ingest.classify import OwnMail, classify
-from maild.ingest.records import HUMAN, Classification
+from maild.ingest.stages.classify import OwnMail, classify
+from maild.ingest.stages.records import HUMAN, Classification
 from corpus_labels import RELABELLED, effective_label
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"

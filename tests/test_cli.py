@@ -110,7 +110,7 @@ def test_quarantine_list_show_retry_and_discard(cli, tmp_path, monkeypatch):
     assert cli("ingest", str(good)).exit_code == 0
     listed = cli.json("quarantine", "list")
     assert [(r["stage"], r["error"].split(":")[0]) for r in listed] == [
-        ("store", "maild.ingest.store.NoSender"), ("thread", "RuntimeError")]
+        ("store", "maild.ingest.stages.store.NoSender"), ("thread", "RuntimeError")]
     assert "Subject: x" in cli.json("quarantine", "show", str(listed[0]["id"]))["raw"]
     # After the fix, a retry stores the message exactly once.
     monkeypatch.setattr(pipeline, "thread", real)

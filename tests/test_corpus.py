@@ -13,9 +13,9 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
-from maild.ingest.classify import OwnMail, classify
+from maild.ingest.stages.classify import OwnMail, classify
 from maild.ingest.intake import Incoming, accept_many
-from maild.ingest.parse import as_json, parse
+from maild.ingest.stages.parse import as_json, parse
 from maild.models import Interaction, Issue, OutboxMessage, RawMessage
 from conftest import CORPUS, corpus_dir
 from corpus_labels import effective_label

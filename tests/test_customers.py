@@ -16,10 +16,10 @@ from customer_helpers import fails, ingest, live_ids, mail, record, write_users_
 from maild.addresses import AddressRules
 from maild.app import build
 from maild.config import load
-from maild.ingest.identify import IdentifyContext, identify
-from maild.ingest.parse import parse
-from maild.ingest.lookup import DbLookup
-from maild.ingest.records import HUMAN
+from maild.ingest.stages.identify import IdentifyContext, identify
+from maild.ingest.stages.parse import parse
+from maild.ingest.stages.lookup import DbLookup
+from maild.ingest.stages.records import HUMAN
 from maild.models import Customer, CustomerAddress, Interaction, OutboxMessage
 
 RELAY = '[ingest]\nrelay_senders = ["noreply@site.example"]\n'

@@ -28,7 +28,7 @@ from conftest import REPO, SECRET, run_maild, toml_value, write_config
 from dovecot import PASSWORD, Dovecot
 from maild.app import build
 from maild.config import load
-from maild.ingest.imap import ImapService, explain, imap_services
+from maild.ingest.imap.poller import ImapService, explain, imap_services
 from maild.models import Interaction, Issue, OutboxMessage, RawMessage
 
 PASSWORD_ENV = "MAILD_TEST_IMAP_PASSWORD"

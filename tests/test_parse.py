@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from maild.ingest.parse import parse
+from maild.ingest.stages.parse import parse
 from conftest import REPO, run_maild
 
 EXAMPLE = REPO / "config" / "maild.example.toml"

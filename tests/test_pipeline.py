@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 
 from sqlalchemy import func, select
 
-from maild import queries
+from maild.desk import queries
+from maild.ingest import quarantine as quarantine_view
 from maild.ingest.intake import Incoming, accept
 from maild.models import Customer, Interaction, Issue, RawMessage
 
@@ -212,7 +213,7 @@ def test_stage_failure_quarantines_and_retry_stores_once(app, monkeypatch):
     o = ingest(app, mail(msgid="<q1@example.com>"))
     assert o.state == "quarantined" and o.stage == "thread" and "threading broke" in o.error
     with app.sessions() as s:
-        (row,) = queries.list_quarantine(s)
+        (row,) = quarantine_view.list_quarantine(s)
     assert row["stage"] == "thread" and "RuntimeError" in row["error"]
     assert count(app, Interaction) == 0
     monkeypatch.setattr(pipeline, "thread", real)

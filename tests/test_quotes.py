@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from maild.ingest.quotes import new_text
+from maild.ingest.stages.quotes import new_text
 
 SUPPORT = "Support <support@example.com>"
 REPLY = "Thanks, the printer works again.\n\nJane"

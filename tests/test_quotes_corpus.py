@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from maild.ingest.quotes import new_text
+from maild.ingest.stages.quotes import new_text
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 REPLIES = CORPUS / "replies"

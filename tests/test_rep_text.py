@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from maild.outbound.canned import expand
-from maild.outbound.commands import Command, parse_commands
-from maild.outbound.spelling import Speller, Suspect, report
+from maild.desk.canned import expand
+from maild.desk.commands import Command, parse_commands
+from maild.desk.spelling import Speller, Suspect, report
 
 # --- commands ------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from ..config import ConfigError, Settings, load
+from maild.config import ConfigError, Settings, load
 
 EX_DATAERR = 65
 EX_TEMPFAIL = 75

@@ -1,6 +1,6 @@
 """Customer commands: identification records, their history, and changing them.
 
-Thin: each command opens one transaction and calls customers/customer_admin;
+Thin: each command opens one transaction and calls maild.customers (queries, admin, importer);
 a refused change (CustomerError) exits 1 with its reason and changes nothing.
 """
 
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import click
 
-from ..addresses import AddressRules
-from ..app import build
-from ..config import Settings
-from ..customer_admin import CustomerError, RecordFields, add_address, edit, link, merge, remove_address, split_tags
-from ..customer_import import import_users, read_users
-from ..customers import customer_json, list_customers, search_customers, show_customer
-from . import json_option, main, print_json, with_settings
+from maild.addresses import AddressRules
+from maild.app import build
+from maild.config import Settings
+from maild.customers.admin import CustomerError, RecordFields, add_address, edit, link, merge, remove_address, split_tags
+from maild.customers.importer import import_users, read_users
+from maild.customers.queries import customer_json, list_customers, search_customers, show_customer
+from maild.cli import json_option, main, print_json, with_settings
 
 
 @main.group()

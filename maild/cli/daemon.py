@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from ..config import ConfigError, Settings, load
-from ..db import is_transient
-from . import EX_CONFIG, EX_TEMPFAIL, main, with_settings
+from maild.config import ConfigError, Settings, load
+from maild.db import is_transient
+from maild.cli import EX_CONFIG, EX_TEMPFAIL, main, with_settings
 
 EX_OSERR = 71
 
@@ -70,7 +70,7 @@ def run(settings: Settings) -> None:
     progress, exit 0 (unprocessed mail is processed at the next start).
     SIGHUP: re-read and validate the config and log what a restart would change.
     """
-    from ..daemon import build_daemon  # the daemon's imports only for `run`
+    from maild.daemon import build_daemon  # the daemon's imports only for `run`
 
     _log_levels()
     config_path = click.get_current_context().params.get("config_path")

@@ -10,16 +10,16 @@ from typing import Iterable, Iterator
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .. import queries
-from ..app import build
-from ..config import Settings
-from ..db import is_transient
-from ..ingest.classify import OwnMail, classify
-from ..ingest.intake import Incoming, accept_many
-from ..ingest.parse import as_json as parsed_json
-from ..ingest.parse import parse
-from ..ingest.sources import SourceError, open_source
-from . import EX_DATAERR, EX_TEMPFAIL, json_option, main, print_json, with_settings
+from maild.ingest import quarantine as quarantine_view
+from maild.app import build
+from maild.config import Settings
+from maild.db import is_transient
+from maild.ingest.stages.classify import OwnMail, classify
+from maild.ingest.intake import Incoming, accept_many
+from maild.ingest.stages.parse import as_json as parsed_json
+from maild.ingest.stages.parse import parse
+from maild.ingest.sources import SourceError, open_source
+from maild.cli import EX_DATAERR, EX_TEMPFAIL, json_option, main, print_json, with_settings
 
 
 def _read_limited(stream, limit: int, name: str) -> bytes:
@@ -127,7 +127,7 @@ def import_(settings: Settings, mailbox_name: str, batch: int, path: str) -> Non
             app.pipeline.process(*waiting)
             progress.advance(task, len(waiting[0]))
     with app.sessions() as session:
-        quarantined = len(queries.list_quarantine(session))
+        quarantined = len(quarantine_view.list_quarantine(session))
     app.close()
     click.echo(f"imported {new} new message(s), {dup} already stored; {quarantined} in quarantine")
 

@@ -7,13 +7,13 @@ import sys
 import click
 from sqlalchemy import select
 
-from ..app import build
-from ..config import Settings
-from ..models import OutboxMessage, RawMessage, utcnow
-from ..outbound.automatic import NotifyError, send_automatic
-from ..outbound.templates import TemplateError
-from ..timefmt import iso
-from . import json_option, main, print_json, with_settings
+from maild.app import build
+from maild.config import Settings
+from maild.models import OutboxMessage, RawMessage, utcnow
+from maild.outbound.automatic import NotifyError, send_automatic
+from maild.outbound.templates import TemplateError
+from maild.timefmt import iso
+from maild.cli import json_option, main, print_json, with_settings
 
 
 def outbox_json(row: OutboxMessage) -> dict:

@@ -10,11 +10,11 @@ import threading
 
 import click
 
-from ..app import build
-from ..config import ConfigError, Settings
-from ..ingest.imap import ImapService, imap_services
-from ..ingest.imap_client import explain
-from . import EX_CONFIG, EX_TEMPFAIL, main, with_settings
+from maild.app import build
+from maild.config import ConfigError, Settings
+from maild.ingest.imap.poller import ImapService, imap_services
+from maild.ingest.imap.client import explain
+from maild.cli import EX_CONFIG, EX_TEMPFAIL, main, with_settings
 
 
 def _chosen(settings: Settings, name: str | None) -> list[str]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 from sqlalchemy import update
 
-from .. import queries
-from ..addresses import AddressRules
-from ..app import build
-from ..config import Settings
-from ..models import RawMessage
-from . import json_option, main, print_json, with_settings
+from maild.desk import queries
+from maild.ingest import quarantine as quarantine_view
+from maild.addresses import AddressRules
+from maild.app import build
+from maild.config import Settings
+from maild.models import RawMessage
+from maild.cli import json_option, main, print_json, with_settings
 
 
 def _issue_line(i: dict) -> str:
@@ -76,7 +77,7 @@ def quarantine() -> None:
 def quarantine_list(settings: Settings, as_json: bool) -> None:
     app = build(settings)
     with app.sessions() as session:
-        rows = queries.list_quarantine(session)
+        rows = quarantine_view.list_quarantine(session)
     if as_json:
         print_json(rows)
     else:
@@ -98,7 +99,7 @@ def _quarantined(session, raw_id: int) -> RawMessage:
 def quarantine_show(settings: Settings, as_json: bool, raw_id: int) -> None:
     app = build(settings)
     with app.sessions() as session:
-        data = queries.quarantine_json(_quarantined(session, raw_id), with_raw=True)
+        data = quarantine_view.quarantine_json(_quarantined(session, raw_id), with_raw=True)
     if as_json:
         print_json(data)
     else:
@@ -117,7 +118,7 @@ def quarantine_retry(settings: Settings, retry_all: bool, raw_ids: tuple[int, ..
     app = build(settings)
     with app.sessions() as session, session.begin():
         if retry_all:
-            raw_ids = tuple(r["id"] for r in queries.list_quarantine(session))
+            raw_ids = tuple(r["id"] for r in quarantine_view.list_quarantine(session))
         for rid in raw_ids:
             _quarantined(session, rid).state = "pending"
     for o in app.pipeline.process(raw_ids):

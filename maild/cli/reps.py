@@ -15,12 +15,12 @@ from email.utils import format_datetime
 import click
 from sqlalchemy import func, select
 
-from ..app import build
-from ..config import Settings
-from ..ingest.intake import Incoming, accept
-from ..ingest.thread import subject_tag
-from ..models import Issue, Rep, utcnow
-from . import json_option, main, print_json, with_settings
+from maild.app import build
+from maild.config import Settings
+from maild.ingest.intake import Incoming, accept
+from maild.subjects import subject_tag
+from maild.models import Issue, Rep, utcnow
+from maild.cli import json_option, main, print_json, with_settings
 
 
 def _rep_mail(rep: Rep, to: str, subject: str, body: str) -> bytes:

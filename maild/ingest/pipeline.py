@@ -22,18 +22,19 @@ from sqlalchemy import select
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..addresses import AddressRules
-from ..config import Settings
-from ..db import is_transient
-from ..models import RawMessage, Rep, utcnow
-from ..outbound.tokens import TokenSigner
-from .classify import OwnMail, classify
-from .identify import IdentifyContext, identify, relayed_classification, sender_key
-from .lookup import DbLookup
-from .parse import parse
-from .records import Classification, ParsedMessage
-from .store import Stored, mark_done, store
-from .thread import ThreadContext, parent_ids, prove_rep, subject_tag_re, thread
+from maild.addresses import AddressRules
+from maild.config import Settings
+from maild.db import is_transient
+from maild.models import RawMessage, Rep, utcnow
+from maild.tokens import TokenSigner
+from maild.ingest.stages.classify import OwnMail, classify
+from maild.ingest.stages.identify import IdentifyContext, identify, relayed_classification, sender_key
+from maild.ingest.stages.lookup import DbLookup
+from maild.ingest.stages.parse import parse
+from maild.ingest.stages.records import Classification, ParsedMessage
+from maild.ingest.stages.store import Stored, mark_done, store
+from maild.ingest.stages.thread import ThreadContext, parent_ids, prove_rep, thread
+from maild.subjects import subject_tag_re
 
 log = logging.getLogger("maild.ingest")
 

@@ -25,8 +25,8 @@ from typing import Any, Awaitable, Callable, Protocol, Sequence
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from ..config import ConfigError, MailboxConfig, Settings, split_hostport
-from .intake import Accepted, Incoming, header_end
+from maild.config import ConfigError, MailboxConfig, Settings, split_hostport
+from maild.ingest.intake import Accepted, Incoming, header_end
 
 log = logging.getLogger("maild.smtp")
 

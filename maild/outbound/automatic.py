@@ -10,13 +10,13 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..config import MailboxConfig, Settings
-from ..ingest.thread import subject_tag
-from ..models import Category, Customer, CustomerAddress, Issue, OutboxMessage, utcnow
-from .compose import Outgoing
-from .decide import with_tag
-from .outbox import OutboxPolicy, auto_allowed, enqueue
-from .templates import Templates
+from maild.config import MailboxConfig, Settings
+from maild.subjects import subject_tag
+from maild.models import Category, Customer, CustomerAddress, Issue, OutboxMessage, utcnow
+from maild.outbound.compose import Outgoing
+from maild.outbound.decide import with_tag
+from maild.outbound.outbox import OutboxPolicy, auto_allowed, enqueue
+from maild.outbound.templates import Templates
 
 
 class NotifyError(Exception):

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from ..ingest.store import Stored
-from .compose import Outgoing
-from .templates import Templates
+from maild.ingest.stages.records import Stored
+from maild.outbound.compose import Outgoing
+from maild.outbound.templates import Templates
 
 REPLY_PREFIX_RE = re.compile(r"^\s*(re|aw|sv|antw|vs|ref|r)\s*:\s*", re.I)
 

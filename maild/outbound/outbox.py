@@ -14,11 +14,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..addresses import AddressRules
-from ..config import Settings
-from ..timefmt import aware
-from ..models import Action, CustomerAddress, Interaction, Issue, OutboxMessage, utcnow
-from .compose import Outgoing, compose, new_message_id
+from maild.addresses import AddressRules
+from maild.config import Settings
+from maild.timefmt import aware
+from maild.models import Action, CustomerAddress, Interaction, Issue, OutboxMessage, utcnow
+from maild.outbound.compose import Outgoing, compose, new_message_id
 
 
 @dataclass(frozen=True)

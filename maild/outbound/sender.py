@@ -22,9 +22,9 @@ from typing import Callable
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker, undefer
 
-from ..config import Settings, split_hostport
-from ..models import OutboxMessage, utcnow
-from ..timefmt import aware
+from maild.config import Settings, split_hostport
+from maild.models import OutboxMessage, utcnow
+from maild.timefmt import aware
 
 log = logging.getLogger("maild.outbound")
 

@@ -129,3 +129,21 @@ class ThreadDecision:
     token_rep_id: int | None = None
     token_purpose: str | None = None
     issue_status: str | None = None  # of the issue it threads onto
+
+
+@dataclass(frozen=True)
+class Stored:
+    raw_id: int
+    outcome: str  # interaction, own-mail, unmatched-bounce, unmatched-auto
+    mailbox: str
+    issue_id: int | None = None
+    interaction_id: int | None = None
+    new_issue: bool = False
+    reopened: bool = False
+    customer_id: int | None = None
+    rep_id: int | None = None
+    auto: str | None = None
+    thread_reason: str | None = None
+    source: str = ""  # the transport it came by: smtp, lmtp, imap, pipe, import
+    token_rep_id: int | None = None  # the rep a valid reply token in its recipients names
+    token_purpose: str | None = None  # reply, note or customer

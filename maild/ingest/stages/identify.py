@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
-from ..addresses import AddressRules
-from .records import Address, Classification, CustomerMatch, ParsedMessage
+from maild.addresses import AddressRules
+from maild.ingest.stages.records import Address, Classification, CustomerMatch, ParsedMessage
 
 # Comparison key -> the live (never merged) record owning that address, or None.
 CustomerByKey = Callable[[str], int | None]

@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from ..models import Action, Category, Interaction, Issue, Rep, utcnow
-from .commands import Command
+from maild.models import Action, Category, Interaction, Issue, Rep, utcnow
+from maild.desk.commands import Command
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 

@@ -16,17 +16,17 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from ..config import Settings
-from ..ingest.store import Stored
-from ..ingest.thread import subject_tag
-from ..models import Action, Interaction, Issue, OutboxMessage, Rep
-from .canned import expand
-from .commands import parse_commands
-from .compose import Outgoing
-from .decide import reply_subject, with_tag
-from .issue_commands import CommandError, apply_commands
-from .outbox import OutboxPolicy, enqueue
-from .spelling import Speller, report
+from maild.config import Settings
+from maild.ingest.stages.records import Stored
+from maild.subjects import subject_tag
+from maild.models import Action, Interaction, Issue, OutboxMessage, Rep
+from maild.desk.canned import expand
+from maild.desk.commands import parse_commands
+from maild.outbound.compose import Outgoing
+from maild.outbound.decide import reply_subject, with_tag
+from maild.desk.issue_commands import CommandError, apply_commands
+from maild.outbound.outbox import OutboxPolicy, enqueue
+from maild.desk.spelling import Speller, report
 
 log = logging.getLogger("maild.reps")
 

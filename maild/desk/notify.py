@@ -15,16 +15,16 @@ from datetime import timedelta
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ..config import Settings
-from ..ingest.store import Stored
-from ..ingest.thread import subject_tag
-from ..models import CustomerAddress, Interaction, Issue, OutboxMessage, Rep, utcnow
-from ..outbound.tokens import TokenSigner
-from .compose import Outgoing
-from .decide import DecideContext, IssueView, RepView, TriggerView, decide
-from .outbox import OutboxPolicy, auto_allowed, enqueue, record_note
-from .repmail import RepMail
-from .templates import Templates
+from maild.config import Settings
+from maild.ingest.stages.records import Stored
+from maild.subjects import subject_tag
+from maild.models import CustomerAddress, Interaction, Issue, OutboxMessage, Rep, utcnow
+from maild.tokens import TokenSigner
+from maild.outbound.compose import Outgoing
+from maild.outbound.decide import DecideContext, IssueView, RepView, TriggerView, decide
+from maild.outbound.outbox import OutboxPolicy, auto_allowed, enqueue, record_note
+from maild.desk.repmail import RepMail
+from maild.outbound.templates import Templates
 
 log = logging.getLogger("maild.outbound")
 

@@ -14,8 +14,8 @@ import ssl
 from imapclient import IMAPClient, SocketTimeout
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
-from ..config import ImapConfig
-from ..db import is_transient
+from maild.config import ImapConfig
+from maild.db import is_transient
 
 TIMEOUT = SocketTimeout(connect=30.0, read=120.0)
 BYTES_REPR = re.compile(r"""^b(['"])(.*)\1$""")

@@ -10,18 +10,17 @@ the ingest hot path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
-from ..addresses import AddressRules
-from ..models import Action, Attachment, Blob, Customer, CustomerAddress, Interaction, Issue, RawMessage, utcnow
-from ..timefmt import aware
-from .lookup import DbLookup
-from .records import Classification, CustomerMatch, ParsedMessage, ThreadDecision
+from maild.addresses import AddressRules
+from maild.models import Action, Attachment, Blob, Customer, CustomerAddress, Interaction, Issue, RawMessage, utcnow
+from maild.timefmt import aware
+from maild.ingest.stages.lookup import DbLookup
+from maild.ingest.stages.records import Stored, Classification, CustomerMatch, ParsedMessage, ThreadDecision
 
 # Built once: statements are the hot path's main cost, and a prebuilt one
 # skips construction and reuses its compiled form.
@@ -57,24 +56,6 @@ _NEW_BLOB = {d: _unless_there(d, Blob.__table__, Blob.__table__.c.sha256) for d 
 
 class NoSender(Exception):
     """A message with no usable From address that threads onto no issue."""
-
-
-@dataclass(frozen=True)
-class Stored:
-    raw_id: int
-    outcome: str  # interaction, own-mail, unmatched-bounce, unmatched-auto
-    mailbox: str
-    issue_id: int | None = None
-    interaction_id: int | None = None
-    new_issue: bool = False
-    reopened: bool = False
-    customer_id: int | None = None
-    rep_id: int | None = None
-    auto: str | None = None
-    thread_reason: str | None = None
-    source: str = ""  # the transport it came by: smtp, lmtp, imap, pipe, import
-    token_rep_id: int | None = None  # the rep a valid reply token in its recipients names
-    token_purpose: str | None = None  # reply, note or customer
 
 
 def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classification, rules: AddressRules,

@@ -17,7 +17,7 @@ from sqlalchemy import BigInteger, String, UniqueConstraint, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from ..models import Base, utcnow
+from maild.models import Base, utcnow
 
 
 class ImapFolderState(Base):

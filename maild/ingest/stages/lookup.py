@@ -15,7 +15,7 @@ from typing import Iterable, Sequence
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from ..models import Action, Category, Customer, CustomerAddress, Interaction, Issue
+from maild.models import Action, Category, Customer, CustomerAddress, Interaction, Issue
 
 _CHUNK = 400  # values per IN list, under every backend's parameter limit
 

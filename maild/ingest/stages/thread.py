@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from ..outbound.tokens import TokenSigner
-from .records import Classification, CustomerMatch, ParsedMessage, ThreadDecision
+from maild.tokens import TokenSigner
+from maild.ingest.stages.records import Classification, CustomerMatch, ParsedMessage, ThreadDecision
 
 
 log = logging.getLogger("maild.ingest")
@@ -35,16 +35,6 @@ class ThreadContext:
     own_addresses: frozenset[str]
     tag_re: re.Pattern[str]
     category: str
-
-
-def subject_tag_re(prefix: str) -> re.Pattern[str]:
-    """`[#123]`, or `[PREFIX #123]` when the instance has a prefix."""
-    lead = re.escape(prefix) + r"\s*" if prefix else ""
-    return re.compile(r"\[" + lead + r"#(\d{1,12})\]", re.I)
-
-
-def subject_tag(prefix: str, issue_id: int) -> str:
-    return f"[{prefix} #{issue_id}]" if prefix else f"[#{issue_id}]"
 
 
 def _by_token(msg: ParsedMessage, ctx: ThreadContext, lookup: ThreadLookup) -> ThreadDecision | None:

@@ -21,8 +21,8 @@ from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 from inscriptis import get_text
 
-from .quotes import new_text as strip_quotes
-from .records import Address, Attachment, ParsedMessage
+from maild.ingest.stages.quotes import new_text as strip_quotes
+from maild.ingest.stages.records import Address, Attachment, ParsedMessage
 
 logging.getLogger("mailparser").setLevel(logging.ERROR)
 

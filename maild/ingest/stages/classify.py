@@ -14,7 +14,7 @@ from email.errors import HeaderParseError
 from email.header import decode_header
 from email.utils import collapse_rfc2231_value
 
-from maild.ingest.records import Bounce, Classification
+from maild.ingest.stages.records import Bounce, Classification
 
 Message = email.message.Message
 

@@ -20,11 +20,11 @@ from typing import Iterator
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
-from .addresses import AddressRules
-from .customer_admin import (
+from maild.addresses import AddressRules
+from maild.customers.admin import (
     CustomerError, RecordFields, apply_fields, check_email, check_fields, describe, live, merge, split_tags,
 )
-from .models import Customer, CustomerAddress
+from maild.models import Customer, CustomerAddress
 
 COLUMNS = ("user_id", "emails", "name", *(f.name for f in fields(RecordFields) if f.name != "name"))
 REQUIRED = ("user_id", "emails", "name")

@@ -1,7 +1,7 @@
 """Customer identification records: how they are shown and found.
 
 Matching a sender to a record is the identify stage's job; changing records
-is customer_admin's. This module shows them: merged records never appear in
+is admin.py's. This module shows them: merged records never appear in
 lists or searches (their history shows under the record they were merged
 into), and showing a record first re-checks whether it now belongs to a
 registered user, as the ArsDigita module did.
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from sqlalchemy import exists, func, or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from .addresses import AddressRules
-from .customer_admin import CustomerError, live, recheck
-from .models import Action, Customer, CustomerAddress, Interaction, Issue
-from .timefmt import iso as _iso
+from maild.addresses import AddressRules
+from maild.customers.admin import CustomerError, live, recheck
+from maild.models import Action, Customer, CustomerAddress, Interaction, Issue
+from maild.timefmt import iso as _iso
 
 SEARCH_LIMIT = 200
 
@@ -97,7 +97,7 @@ def show_customer(session: Session, rules: AddressRules, customer_id: int) -> Sh
     """The record with all its issues, after re-checking it against registered users.
 
     A merged record shows as the record it was merged into. May link or merge
-    (see customer_admin.recheck): run it in a transaction.
+    (see admin.recheck): run it in a transaction.
     """
     asked = session.get(Customer, customer_id)
     if asked is None:

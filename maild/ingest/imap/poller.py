@@ -25,10 +25,10 @@ from typing import Iterator
 from imapclient import DELETED, IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from ..config import MailboxConfig
-from .imap_client import ImapSetupError, drop, explain, open_client
-from .imap_state import Frontier, Mark, load_mark, save_mark
-from .intake import Incoming, accept_many
+from maild.config import MailboxConfig
+from maild.ingest.imap.client import ImapSetupError, drop, explain, open_client
+from maild.ingest.imap.state import Frontier, Mark, load_mark, save_mark
+from maild.ingest.intake import Incoming, accept_many
 
 log = logging.getLogger("maild.imap")
 

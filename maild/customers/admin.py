@@ -18,9 +18,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from .addresses import AddressRules
-from .config import ADDRESS_RE
-from .models import Customer, CustomerAddress, Interaction, Issue
+from maild.addresses import AddressRules
+from maild.config import ADDRESS_RE
+from maild.models import Customer, CustomerAddress, Interaction, Issue
 
 LENGTHS = {"name": 200, "postal_code": 20, "phone": 50, "language": 20, "time_zone": 50}
 LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*$")

@@ -1,4 +1,4 @@
-"""The read side: issues, customers and quarantine as the CLI shows them.
+"""The read side of issues: lists and whole cases as the CLI shows them.
 
 Each function returns plain JSON-ready dicts in the documented shape; fields
 are only ever added, never renamed or removed.
@@ -11,9 +11,9 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
-from . import customers
-from .timefmt import iso as _iso
-from .models import Action, Category, Customer, CustomerAddress, Interaction, Issue, RawMessage
+from maild.customers import queries as customers
+from maild.timefmt import iso as _iso
+from maild.models import Action, Category, Customer, CustomerAddress, Interaction, Issue
 
 
 def _primary_email(customer: Customer | None) -> str | None:
@@ -110,26 +110,3 @@ def show_issue(session: Session, issue_id: int) -> dict | None:
     out["customer_record"] = customers.customer_json(issue.customer) if issue.customer else None
     out["interactions"] = [interaction_json(i) for i in interactions]
     return out
-
-
-def quarantine_json(r: RawMessage, with_raw: bool = False) -> dict:
-    out = {
-        "id": r.id,
-        "mailbox": r.mailbox,
-        "source": r.source,
-        "state": r.state,
-        "stage": r.stage,
-        "error": r.error,
-        "attempts": r.attempts,
-        "size": r.size,
-        "received": _iso(r.received_at),
-        "dedupe_key": r.dedupe_key,
-    }
-    if with_raw:
-        out["raw"] = r.data.decode("utf-8", "replace")
-    return out
-
-
-def list_quarantine(session: Session) -> list[dict]:
-    rows = session.scalars(select(RawMessage).where(RawMessage.state == "quarantined").order_by(RawMessage.id))
-    return [quarantine_json(r) for r in rows]
