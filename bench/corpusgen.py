@@ -17,7 +17,7 @@ import textwrap
 import unicodedata
 import zlib
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, UTC
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.header import Header
@@ -27,7 +27,7 @@ from pathlib import Path
 SUPPORT = "support@acme.test"
 REPS = (("Alice Archer", "alice@acme.test"), ("Bob Baker", "bob@acme.test"),
         ("Carol Chen", "carol@acme.test"))
-BASE_DATE = datetime(2024, 3, 4, 8, 0, tzinfo=timezone.utc)
+BASE_DATE = datetime(2024, 3, 4, 8, 0, tzinfo=UTC)
 NEW_SHARE = 0.30          # share of messages that open a conversation
 QUOTE_LINES = 60          # clients quote the whole message; we cap the depth
 
@@ -137,8 +137,8 @@ REP_LINES = [
     "I'm adding a colleague who handles these cases, she'll follow up shortly.",
 ]
 EDITED_SUBJECT = [" - still not working", " (urgent)", " [update]", " - second attempt"]
-DAYS = "Mon Tue Wed Thu Fri Sat Sun".split()
-MONTHS = "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split()
+DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 ASCII_FOLD = str.maketrans({"ø": "o", "Ø": "O", "ł": "l", "Ł": "L", "ß": "ss", "æ": "ae", "'": ""})
 
 
@@ -247,7 +247,7 @@ def _write_mbox(path: Path, messages: list[_Message], raws: list[bytes]) -> Path
     box = mailbox.mbox(path, create=True)
     try:
         for msg, raw in zip(messages, raws):
-            d = msg.date.astimezone(timezone.utc)
+            d = msg.date.astimezone(UTC)
             stamp = f"{DAYS[d.weekday()]} {MONTHS[d.month - 1]} {d.day:2d} {d:%H:%M:%S} {d.year}"
             box.add(f"From {msg.author.email} {stamp}\n".encode("ascii") + raw)
         box.flush()
@@ -415,7 +415,7 @@ class _Generator:
         else:
             date = f"{DAYS[when.weekday()]}, {when.day} {MONTHS[when.month - 1]} {when.year} at {when:%H:%M}"
             line = f"On {date}, {who} <{parent.author.email}> wrote:"
-        quoted = "\n".join(">" + (l if l.startswith(">") else " " + l if l else "") for l in old)
+        quoted = "\n".join(">" + (l if l.startswith(">") else " " + l if l else "") for l in old)  # noqa: E741
         if top or self.rng.random() < 0.5:
             return f"{new}\n{line}\n{quoted}\n"
         return f"{line}\n{quoted}\n\n{new}"
@@ -502,13 +502,13 @@ def _client_message_id(rng: random.Random, author: _Person, now: datetime) -> st
 
 
 def _support() -> _Person:
-    return _Person("Acme Support", SUPPORT, "helpdesk", "en", timezone.utc, rep=False)
+    return _Person("Acme Support", SUPPORT, "helpdesk", "en", UTC, rep=False)
 
 
 def _trace(rng: random.Random, msg: _Message, mailer: str | None) -> list[str]:
     """The transport headers a delivered message carries (Received, DKIM...), for realistic sizes."""
     domain = msg.author.email.split("@")[1]
-    when = format_datetime(msg.date.astimezone(timezone.utc))
+    when = format_datetime(msg.date.astimezone(UTC))
     relay = f"mail-{rng.getrandbits(32):08x}.out.{domain}"
     ip = f"192.0.2.{rng.randrange(1, 255)}"
     qid = f"{rng.getrandbits(48):012X}"

@@ -18,7 +18,8 @@ import socket
 import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
@@ -111,7 +112,7 @@ class Intake:
                     results = [accept(self.sessions, batch[0][0])]
                 else:
                     results = accept_many(self.sessions, [item for item, _ in batch])
-        except Exception as exc:  # noqa: BLE001 - handed to each waiting edge
+        except Exception as exc:
             if is_transient(exc) or len(batch) == 1:
                 for _, done in batch:
                     done.set_exception(exc)
@@ -184,7 +185,7 @@ class DrainWorker:
             self.intake.wake.clear()
             try:
                 self.drain(stop)
-            except Exception as exc:  # noqa: BLE001 - the worker outlives any one failure
+            except Exception as exc:
                 if is_transient(exc):
                     log.warning("drain paused: database unavailable: %s", first_line(exc))
                 else:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable, Iterable
+from datetime import datetime, UTC
+from collections.abc import Callable, Iterable
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -30,7 +30,7 @@ def _guarded(job: Job) -> Callable[[], None]:
     def run() -> None:
         try:
             job.run()
-        except Exception:  # noqa: BLE001 - a failed run must not end the job
+        except Exception:
             log.exception("job=%s failed; next run in %ss", job.name, job.interval)
 
     return run
@@ -44,9 +44,9 @@ class Scheduler:
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max(1, len(self.jobs)))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            timezone=timezone.utc,
+            timezone=UTC,
         )
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for job in self.jobs:
             self._scheduler.add_job(
                 _guarded(job), IntervalTrigger(seconds=job.interval), id=job.name, name=job.name, next_run_time=now

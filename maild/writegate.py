@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 class WriteGate:
@@ -47,9 +47,9 @@ class WriteGate:
     @contextmanager
     def process(self, urgent: Callable[[], bool]) -> Iterator[None]:
         with self._cond:
-            while self._writing or not urgent() and (
+            while self._writing or (not urgent() and (
                 self._stores or time.monotonic() - self._last_store < self.quiet
-            ):
+            )):
                 self._cond.wait(self.quiet)
             self._writing = self.exclusive
         try:

@@ -179,7 +179,7 @@ class InProcess:
 
         try:
             asyncio.run(self.daemon.serve())
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
+        except BaseException as exc:
             self.error = exc
 
     def __enter__(self):

@@ -23,7 +23,7 @@ import time
 from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from imapclient import IMAPClient
 
@@ -334,7 +334,7 @@ class Dovecot:
             (path / "maildirfolder").touch()
             os.chown(path / "maildirfolder", uid, gid)
         n, stamp = 0, int(time.time())
-        for n, raw in enumerate(messages, 1):
+        for n, raw in enumerate(messages, 1):  # noqa: B007  (n is the count returned)
             wire = len(raw) + raw.count(b"\n") - raw.count(b"\r\n")
             name = f"{stamp}.M{next(_names) % 1000000:06d}P{os.getpid()}.maild-test,S={len(raw)},W={wire}"
             tmp = path / "tmp" / name

@@ -12,7 +12,7 @@ from conftest import REPO, run_maild, write_config
 from test_pipeline import mail
 
 sys.path.insert(0, str(REPO / "bench"))
-import corpusgen  # noqa: E402
+import corpusgen
 
 
 def test_ingest_from_stdin_stores_once_and_exits_zero(config_path):

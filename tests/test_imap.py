@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
@@ -40,7 +40,7 @@ def mail(n: int, subject: str | None = None, pad_lines: int = 0, reply_to: int |
     m["From"] = f"Customer {n % 7} <customer{n % 7}@example.com>"
     m["To"] = "support@acme.test"
     m["Subject"] = subject or f"Question number {n}"
-    m["Date"] = format_datetime(datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc))
+    m["Date"] = format_datetime(datetime(2026, 11, 2, 9, 30, tzinfo=UTC))
     m["Message-ID"] = f"<q{n}@example.com>"
     if reply_to is not None:
         m["In-Reply-To"] = f"<q{reply_to}@example.com>"
@@ -317,7 +317,7 @@ def test_idle_brings_new_mail_without_waiting_for_a_poll(make_app, dovecot):
         wait_for(lambda: count(app, RawMessage) == 1, "the first message")
         for n in (2, 3):
             dovecot.append("INBOX", mail(n))
-            wait_for(lambda: inbound(app) == n, f"message {n}")
+            wait_for(lambda n=n: inbound(app) == n, f"message {n}")
             wait_for(lambda: dovecot.messages("INBOX") == {}, f"message {n} moved")
         dovecot.restart()  # while maild idles: it reconnects and idles again
         dovecot.append("INBOX", mail(4))

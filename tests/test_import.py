@@ -7,7 +7,7 @@ import sys
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-import corpusgen  # noqa: E402
+import corpusgen
 
 
 def test_generated_corpus_threads_perfectly_and_imports_once(cli, tmp_path):

@@ -248,7 +248,7 @@ def test_notify_sends_automatic_mail_on_a_closed_issue_and_a_reply_reopens_it(ou
         issue = s.get(Issue, row.issue_id)
         assert issue.status == "closed" and issue.closed_at is not None
     out_app.sender.run_once()
-    (env, sent), = relay.messages()
+    (_env, sent), = relay.messages()
     assert "A-17" in sent["Subject"] and "ZX9" in sent.get_content()
     assert sent["Auto-Submitted"] == "auto-generated"
     reply = ingest(out_app, mail(subject="Re: " + sent["Subject"], body="Wrong colour!", msgid="<n2@example.com>",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from email.message import EmailMessage
 from email.utils import format_datetime
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from sqlalchemy import func, select
 
@@ -24,7 +24,7 @@ def mail(
     if cc:
         m["Cc"] = cc
     m["Subject"] = subject
-    m["Date"] = format_datetime(datetime(2026, 11, 2, 9, 30, tzinfo=timezone.utc))
+    m["Date"] = format_datetime(datetime(2026, 11, 2, 9, 30, tzinfo=UTC))
     if msgid is not False:
         m["Message-ID"] = msgid or f"<{abs(hash((frm, subject, body)))}@example.com>"
     if in_reply_to:

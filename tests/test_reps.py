@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from email.message import EmailMessage
 from email.utils import format_datetime
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import pytest
 from sqlalchemy import select
@@ -75,7 +75,7 @@ def client_reply(note, text: str, frm="Alice <alice@acme.test>", outlook=False, 
     m["From"] = frm
     m["To"] = str(note["Reply-To"])
     m["Subject"] = ("RE: " if outlook else "Re: ") + note["Subject"]
-    m["Date"] = format_datetime(datetime(2026, 11, 3, 10, 0, tzinfo=timezone.utc))
+    m["Date"] = format_datetime(datetime(2026, 11, 3, 10, 0, tzinfo=UTC))
     m["Message-ID"] = f"<r{abs(hash(text))}@acme.test>"
     m["In-Reply-To"] = note["Message-ID"]
     if not outlook:
@@ -116,7 +116,7 @@ def test_rep_reply_reaches_customer_threaded_from_the_support_address(desk):
 
 def test_outlook_style_reply_is_relayed_without_the_original(desk):
     app = desk()
-    n, note = start_issue(app)
+    _n, note = start_issue(app)
     rep_sends(app, note, "Fixed on our side.", outlook=True)
     (out,) = deliver(app)
     assert out.get_content().strip().startswith("Fixed on our side.")
@@ -173,7 +173,7 @@ def test_several_canned_responses_in_one_reply(desk):
 
 def test_unknown_canned_response_sends_nothing_and_tells_the_rep(desk):
     app = desk()
-    n, note = start_issue(app)
+    _n, note = start_issue(app)
     rep_sends(app, note, "#canned nosuch\nAlice")
     sent = deliver(app)
     assert [m["To"] for m in sent] == ["alice@acme.test"] and "nosuch" in sent[0].get_content()
@@ -181,7 +181,7 @@ def test_unknown_canned_response_sends_nothing_and_tells_the_rep(desk):
 
 def test_spelling_hold_then_send_releases_the_reply(desk):
     app = desk("hold")
-    n, note = start_issue(app)
+    _n, note = start_issue(app)
     rep_sends(app, note, "You will recieve a replacment from ACME tomorrow.")
     (notice,) = deliver(app)
     assert notice["To"] == "alice@acme.test" and "recieve" in notice.get_content()
@@ -193,7 +193,7 @@ def test_spelling_hold_then_send_releases_the_reply(desk):
 
 def test_spelling_hold_then_corrected_reply_replaces_it(desk):
     app = desk("hold")
-    n, note = start_issue(app)
+    _n, note = start_issue(app)
     rep_sends(app, note, "You will recieve it tomorrow.")
     (notice,) = deliver(app)
     rep_sends(app, notice, "You will receive it tomorrow.")
@@ -217,7 +217,7 @@ def test_note_is_recorded_and_never_sent_to_the_customer(desk):
 
 def test_rep_out_of_office_to_a_notification_is_never_relayed(desk):
     app = desk()
-    n, note = start_issue(app)
+    _n, note = start_issue(app)
     rep_sends(app, note, "I am away until Monday.", headers={"Auto-Submitted": "auto-replied"})
     assert deliver(app) == []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -64,7 +64,7 @@ def ingest(settings: Settings, mailbox_name: str | None, files: tuple[str, ...])
             detail = o.stored.outcome if o.stored else f"quarantined at {o.stage}: {o.error}"
             issue = f" issue {o.stored.issue_id}" if o.stored and o.stored.issue_id else ""
             click.echo(f"raw {o.raw_id}: {detail}{issue}", err=True)
-    except Exception as exc:  # noqa: BLE001 - stored already; the daemon's drain finishes it
+    except Exception as exc:
         click.echo(f"maild: stored, processing deferred: {exc}", err=True)
     for a in accepted:
         if a.duplicate:

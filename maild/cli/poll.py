@@ -34,7 +34,7 @@ def _once(services: list[ImapService]) -> int:
     for service in services:
         try:
             report = service.poll_once()
-        except Exception as exc:  # noqa: BLE001 - reported per mailbox; the others still run
+        except Exception as exc:
             click.echo(f"maild: imap {service.name}: {explain(exc, service.cfg)}", err=True)
             failed += 1
             continue

@@ -15,7 +15,7 @@ import io
 import json
 from collections import Counter
 from dataclasses import dataclass, fields
-from typing import Iterator
+from collections.abc import Iterator
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload

@@ -164,7 +164,7 @@ def parse_commands(text: str) -> CommandParse:
     errors: list[str] = []
     kept: list[str] = []
     i = 0
-    for i, raw in enumerate(lines):
+    for i, raw in enumerate(lines):  # noqa: B007  (i is the first body line after the loop)
         line = raw.strip()
         parsed = _parse_line(line) if line else None
         if isinstance(parsed, Command):

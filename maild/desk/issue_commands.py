@@ -7,7 +7,7 @@ are valid are they applied, so a typo never half-changes an issue.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session

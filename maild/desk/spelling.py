@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, cache
 
 from spellchecker import SpellChecker
 
@@ -46,7 +46,7 @@ def primary_language(language: str) -> str:
     return code
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dictionary(code: str) -> SpellChecker:
     """Loaded once per language per process: the load is the slow part."""
     return SpellChecker(language=code)
@@ -59,9 +59,7 @@ def _prose_lines(text: str) -> Iterator[str | None]:
         if _FENCE.match(line):
             fenced = not fenced
             yield None
-        elif fenced or not line.strip() or line.lstrip().startswith(">"):
-            yield None
-        elif line.startswith(("    ", "\t")):
+        elif fenced or not line.strip() or line.lstrip().startswith(">") or line.startswith(("    ", "\t")):
             yield None
         else:
             yield _INLINE_CODE.sub(" ", line)

@@ -16,7 +16,7 @@ from collections import Counter
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.engine import Row
@@ -81,7 +81,7 @@ def prepare(data: bytes, envelope_to: tuple[str, ...], own: OwnMail) -> Prepared
         msg = parse(data, envelope_to)
         stage = "classify"
         cls = classify(msg.message, msg.from_.email if msg.from_ else None, own)
-    except Exception as exc:  # noqa: BLE001 - the loop's catch, on the worker's side
+    except Exception as exc:
         return Prepared(None, None, stage, describe(exc))
     # The MIME tree stays behind: later stages need only the parsed record.
     return Prepared(replace(msg, message=None), cls)
@@ -259,7 +259,7 @@ class Pipeline:
                         stored = self._settle(lookup, raw, prep, current)
                     outcomes.append(Outcome(raw.id, "done", stored))
                     done.append((raw.id, stored.outcome))
-                except Exception as exc:  # noqa: BLE001 - the one broad catch
+                except Exception as exc:
                     if is_transient(exc):
                         raise
                     if not isolate:

@@ -20,7 +20,8 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 from ipaddress import ip_address
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
@@ -78,7 +79,7 @@ def header_recipients(data: bytes) -> list[str]:
         head = BytesHeaderParser(policy=compat32).parsebytes(data[: 65536 if end is None else end])
         fields = [str(v) for k in ("to", "cc") for v in head.get_all(k, [])]
         return [addr for _, addr in getaddresses(fields) if "@" in addr]
-    except Exception:  # noqa: BLE001 - unreadable headers: the envelope alone decides
+    except Exception:
         return []
 
 
@@ -119,7 +120,7 @@ class Handler:
         who = f"proto={self.proto} {_who(session, envelope)} to={','.join(envelope.rcpt_tos)}"
         try:
             mailbox, accepted = await self.intake.call(self._store, envelope)
-        except Exception as exc:  # noqa: BLE001 - whatever failed, the message is not durable
+        except Exception as exc:
             error = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             log.warning("refused %s code=451 reason=not-stored error=%s", who, error)
             status = "451 4.3.0 Cannot store the message now, try again later"

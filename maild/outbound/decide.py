@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from maild.ingest.stages.records import Stored
 from maild.outbound.compose import Outgoing

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
-from typing import Iterator
+from collections.abc import Iterator
 
 from imapclient import DELETED, IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -229,7 +229,7 @@ class FolderLink:
         report.duplicates += sum(a.duplicate for a in accepted)
         try:
             self.service.pipeline.process([a.raw_id for a in accepted])
-        except Exception as exc:  # noqa: BLE001 - stored already: the drain finishes them later
+        except Exception as exc:
             log.warning("%s: %d message(s) stored, processing deferred: %s", self._label, len(accepted),
                         explain(exc, self.cfg))
 
@@ -380,7 +380,7 @@ class ImapService:
                         if report:
                             log.info("imap %s: %s", self.name, report)
                         link.wait(stop)
-            except Exception as exc:  # noqa: BLE001 - this edge's one broad catch
+            except Exception as exc:
                 failures += 1
                 delay = min(self.backoff[0] * 2 ** (failures - 1), self.backoff[1])
                 log.warning("imap %s: %s; reconnecting in %.0f s", self.name, explain(exc, self.cfg), delay)

@@ -12,7 +12,7 @@ nothing, and costs one indexed lookup per message.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from maild.addresses import AddressRules
 from maild.ingest.stages.records import Address, Classification, CustomerMatch, ParsedMessage

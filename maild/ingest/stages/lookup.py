@@ -10,7 +10,7 @@ issues behind the cache's back (a rep's emailed commands).
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session

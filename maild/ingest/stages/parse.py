@@ -15,7 +15,7 @@ import email.utils
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
@@ -74,7 +74,7 @@ def decode_header(value) -> str:
         return text.strip()
     try:
         chunks = email.header.decode_header(text)
-    except Exception:  # noqa: BLE001 - a hostile header must not stop parsing
+    except Exception:
         return text.strip()
     out: list[str] = []
     for part, charset in chunks:
@@ -134,7 +134,7 @@ class _Body:
         inner = payload[0] if isinstance(payload, list) and payload else None
         try:
             data = inner.as_bytes() if inner is not None else (part.get_payload(decode=True) or b"")
-        except Exception:  # noqa: BLE001 - malformed inner message: keep what serialises
+        except Exception:
             data = str(inner).encode("utf-8", "surrogateescape")
         subject = decode_header(inner.get("Subject", "")) if inner is not None else ""
         name = part.get_filename() or (subject + ".eml" if subject else "forwarded.eml")
@@ -169,7 +169,7 @@ class _Body:
 def html_to_text(html: str) -> str:
     try:
         return get_text(html).strip()
-    except Exception:  # noqa: BLE001 - broken HTML: fall back to stripping tags
+    except Exception:
         return re.sub(r"<[^>]+>", " ", html).strip()
 
 
@@ -197,7 +197,7 @@ def _address_header(msg: email.message.Message, name: str, defects: list[str]) -
     found: list[dict] = []
     try:
         pairs = get_addresses(value, defects=found, decode_names=True)
-    except Exception as exc:  # noqa: BLE001 - mail-parser's own failure on odd input
+    except Exception as exc:
         defects.append(f"{name}: mail-parser could not read it ({type(exc).__name__}); read with the stdlib")
         pairs = email.utils.getaddresses([_raw_header_text(value)])
     defects.extend(f"{name}: {d.get('reason', d)}" for d in found)
@@ -265,7 +265,7 @@ def parse(raw: bytes, envelope_to: tuple[str, ...] = ()) -> ParsedMessage:
         cc=head.cc,
         reply_to=head.reply_to,
         subject=decode_header(msg.get("Subject", ""))[:1000],
-        date=date.astimezone(timezone.utc) if date is not None and date.tzinfo is not None else None,
+        date=date.astimezone(UTC) if date is not None and date.tzinfo is not None else None,
         text=text,
         new_text=strip_quotes(text) if text.strip() else "",
         html=html,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
+from collections.abc import Sequence
 
 from maild.tokens import TokenSigner
 from maild.ingest.stages.records import Classification, CustomerMatch, ParsedMessage, ThreadDecision
