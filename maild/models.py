@@ -22,6 +22,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -30,6 +31,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def table_of(model: type[Base]) -> Table:
+    """A mapped class's Table, typed as one (for prebuilt Core statements)."""
+    return model.__table__  # type: ignore[return-value]
 
 
 class Base(DeclarativeBase):
@@ -253,7 +259,8 @@ class OutboxMessage(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     auto: Mapped[bool] = mapped_column(Boolean, default=False)
     to_customer: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(10), default="queued")  # queued, sending, sent, failed
+    # queued, held, sending, sent, failed, unknown (delivery ambiguous twice: never sent again)
+    status: Mapped[str] = mapped_column(String(10), default="queued")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     deadline_at: Mapped[datetime]
@@ -261,6 +268,15 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sending_since: Mapped[datetime | None]
     sent_at: Mapped[datetime | None]
+    # A claim is a lease: the sender that owns the row, and until when. Nobody
+    # else touches a "sending" row while its lease is valid.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None]
+    # Times the row was sent again after an ambiguous attempt (lease expired
+    # mid-send); at most once in its life.
+    resends: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Per-recipient outcome of the last attempt: address -> {"code", "text"}.
+    results: Mapped[dict | None]
 
 
 Index("ix_issues_updated", Issue.updated_at)
