@@ -4,6 +4,11 @@
 (default "sqlite,postgresql"); PostgreSQL is reached at MAILD_TEST_PG_URL
 (default postgresql://postgres@127.0.0.1:5432/test) and each test gets a
 schema of its own, dropped afterwards.
+
+The shared corpus of real mails is read from MAILD_TEST_CORPUS (default
+../shared/corpus beside the checkout). Tests over its files parametrise through
+`corpus_params`, so without the corpus they show as skipped with the reason
+rather than vanishing as an empty parametrisation.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "corpus"
+CORPUS_SETTING = os.environ.get("MAILD_TEST_CORPUS") or "../shared/corpus"
+CORPUS = (REPO / CORPUS_SETTING).resolve()
+CORPUS_ABSENT = f"{CORPUS_SETTING} not found: the shared test corpus is absent"
 PG_URL = os.environ.get("MAILD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = [b.strip() for b in os.environ.get("MAILD_TEST_DATABASES", "sqlite,postgresql").split(",") if b.strip()]
 SECRET = "test-secret-0123456789abcdef"
@@ -120,10 +128,22 @@ def run_maild(*args: str, input: bytes | None = None, env: dict | None = None, t
 
 
 def corpus_dir(*parts: str) -> Path:
+    """A folder of the corpus; skips the calling test when it is absent."""
+    if not CORPUS.is_dir():
+        pytest.skip(CORPUS_ABSENT)
     path = CORPUS.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"shared corpus not present at {path}")
+        pytest.skip(f"{path} not found in the shared test corpus")
     return path
+
+
+def corpus_params(paths: Sequence[Path], ids: Callable[[Path], str] | None = None) -> list:
+    """Parameters for a test over corpus files: one per file, or a single
+    visible skip with the reason when there are none (no corpus)."""
+    if paths:
+        return [pytest.param(p, id=ids(p) if ids else None) for p in paths]
+    reason = CORPUS_ABSENT if not CORPUS.is_dir() else "no such files in the shared test corpus"
+    return [pytest.param(None, marks=pytest.mark.skip(reason=reason), id="corpus-absent")]
 
 
 @pytest.fixture

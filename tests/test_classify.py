@@ -17,10 +17,10 @@ import pytest
 from maild.ingest.stages.classify import OwnMail, classify
 from maild.ingest.stages.records import HUMAN, Classification
 from corpus_labels import RELABELLED, effective_label
+from conftest import CORPUS, CORPUS_ABSENT
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 BOUNCES = CORPUS / "bounces"
-needs_corpus = pytest.mark.skipif(not (BOUNCES / "LABELS.tsv").is_file(), reason="shared corpus absent")
+needs_corpus = pytest.mark.skipif(not (BOUNCES / "LABELS.tsv").is_file(), reason=CORPUS_ABSENT)
 
 OWN = OwnMail(frozenset({"support@acme.test", "help@acme.test"}), "maild.acme.test")
 

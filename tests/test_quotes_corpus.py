@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 
 from maild.ingest.stages.quotes import new_text
+from conftest import CORPUS, corpus_params
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 REPLIES = CORPUS / "replies"
-if not REPLIES.is_dir():
-    pytest.skip(f"shared reply corpus not found at {REPLIES}", allow_module_level=True)
 
 STANDARD = REPLIES / "talon" / "standard_replies"
 STANDARD_EMLS = sorted(STANDARD.glob("*.eml"))
@@ -29,7 +27,7 @@ def first_plain_part(path: Path) -> str:
     raise AssertionError(f"{path.name} has no text/plain part")
 
 
-@pytest.mark.parametrize("path", STANDARD_EMLS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", corpus_params(STANDARD_EMLS, ids=lambda p: p.stem))
 def test_talon_standard_reply(path: Path) -> None:
     expected_file = STANDARD / f"{path.stem}_reply_text"
     expected = expected_file.read_text().strip() if expected_file.exists() else "Hello"
@@ -40,7 +38,7 @@ def test_talon_standard_reply(path: Path) -> None:
     assert expected.startswith(new_text(expected))
 
 
-@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: str(p.relative_to(REPLIES)))
+@pytest.mark.parametrize("path", corpus_params(ALL_FILES, ids=lambda p: str(p.relative_to(REPLIES))))
 def test_corpus_file_gives_nonempty_text_made_of_its_own_lines(path: Path) -> None:
     text = path.read_text(encoding="utf-8", errors="replace")
     result = new_text(text)
