@@ -125,7 +125,7 @@ def live(session: Session, customer: Customer) -> Customer:
     for _ in range(50):
         if customer.merged_into_id is None:
             break
-        customer = session.get(Customer, customer.merged_into_id)
+        customer = session.get_one(Customer, customer.merged_into_id)
     return customer
 
 
@@ -230,7 +230,7 @@ def merge(session: Session, source_id: int, target_id: int) -> Customer:
     session.execute(update(Customer).where(Customer.merged_into_id == source.id).values(merged_into_id=target.id),
                     execution_options=moved)
     session.expire_all()
-    return session.get(Customer, target.id)
+    return session.get_one(Customer, target.id)
 
 
 def link(session: Session, customer_id: int, user_id: str) -> tuple[Customer, bool]:

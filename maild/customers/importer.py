@@ -124,7 +124,8 @@ def read_users(data: bytes, fmt: str) -> list[UserRow]:
     except UnicodeDecodeError as exc:
         raise CustomerError(f"the file is not UTF-8: {exc}") from None
     rows = _json_rows(text) if fmt == "json" else _csv_rows(text)
-    out, seen = [], {}
+    out: list[UserRow] = []
+    seen: dict[str, str] = {}
     for where, raw in rows:
         row = user_row(where, raw)
         if row.user_id in seen:
@@ -151,17 +152,18 @@ class _Known:
         keys = list({rules.key(e) for r in rows for e in r.emails})
         with_addresses = selectinload(Customer.addresses)
         for chunk in (ids[i:i + self.CHUNK] for i in range(0, len(ids), self.CHUNK)):
-            found = session.scalars(
+            users = session.scalars(
                 select(Customer).where(Customer.registered_user_id.in_(chunk)).options(with_addresses)
             )
-            for c in found:
-                self.users[c.registered_user_id] = live(session, c)
+            for c in users:
+                if c.registered_user_id is not None:
+                    self.users[c.registered_user_id] = live(session, c)
         for chunk in (keys[i:i + self.CHUNK] for i in range(0, len(keys), self.CHUNK)):
-            found = session.execute(
+            owners = session.execute(
                 select(CustomerAddress.key, Customer).join(Customer, Customer.id == CustomerAddress.customer_id)
                 .where(CustomerAddress.key.in_(chunk)).options(with_addresses)
             )
-            for key, c in found:
+            for key, c in owners.tuples():
                 self.owners[key] = live(session, c)
 
     def holders(self, row: UserRow, user: Customer | None) -> list[Customer]:

@@ -73,7 +73,7 @@ def _plan(session: Session, issue: Issue, rep: Rep, interaction: Interaction, cm
         category = _category(session, args[0])
         return lambda: setattr(issue, "category_id", category.id)
     if name in ("tag", "untag"):
-        return lambda: [setattr(issue, "tags", _toggled(issue.tags, t, name == "tag")) for t in args]
+        return lambda: _tags(issue, args, name == "tag")
     if name == "cc":
         return lambda: setattr(issue, "cc", _toggled(issue.cc, args[1], args[0].lower() == "add"))
     if name == "followup":
@@ -85,6 +85,11 @@ def _plan(session: Session, issue: Issue, rep: Rep, interaction: Interaction, cm
     return None  # note, send: not changes to the issue
 
 
+def _tags(issue: Issue, tags: Sequence[str], present: bool) -> None:
+    for tag in tags:
+        issue.tags = _toggled(issue.tags, tag, present)
+
+
 def _toggled(values: list[str], value: str, present: bool) -> list[str]:
     """A new list (so the JSON column sees the change) with value in or out, case-insensitively."""
     keep = [v for v in values if v.lower() != value.lower()]
@@ -93,6 +98,8 @@ def _toggled(values: list[str], value: str, present: bool) -> list[str]:
 
 def _followup(session: Session, issue: Issue, interaction: Interaction, text: str) -> None:
     action = session.scalar(select(Action).where(Action.issue_id == issue.id, Action.interaction_id == interaction.id))
+    if action is None:  # the mail's own action on the issue is written before commands run
+        raise CommandError(f"#followup: this mail is not recorded on issue #{issue.id}")
     action.follow_up_required = text
 
 

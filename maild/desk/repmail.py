@@ -46,7 +46,7 @@ class RepMail:
         self.canned = {c.name.lower(): c.body for c in settings.canned}
 
     def handle(self, session: Session, stored: Stored, interaction: Interaction) -> None:
-        ctx = RepContext(session.get(Rep, stored.rep_id), session.get(Issue, stored.issue_id), interaction)
+        ctx = RepContext(session.get_one(Rep, stored.rep_id), session.get_one(Issue, stored.issue_id), interaction)
         parsed = parse_commands(interaction.new_text)
         is_note = stored.token_purpose == "note" or any(c.name == "note" for c in parsed.commands)
         errors = list(parsed.errors)

@@ -51,7 +51,8 @@ class Frontier:
     asked for again next pass and never counted as stored (nor moved as stored)."""
 
     def __init__(self, uids: list[int]) -> None:
-        self.uids, self.at, self.done = uids, 0, set()
+        self.uids, self.at = uids, 0
+        self.done: set[int] = set()
 
     def add(self, handled: list[int]) -> int:
         self.done.update(handled)

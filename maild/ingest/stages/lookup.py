@@ -74,7 +74,8 @@ class DbLookup:
 
     def _read_threads(self, ids: list[str]) -> None:
         """A Message-ID on several issues (a late reply kept on the old one) leads to the oldest."""
-        for mid, issue_id, status in self.conn.execute(_ISSUES_BY_MESSAGE_IDS, {"ids": ids}):
+        for row in self.conn.execute(_ISSUES_BY_MESSAGE_IDS, {"ids": ids}):
+            mid, issue_id, status = str(row[0]), int(row[1]), row[2]
             known = self._threads.get(mid)
             self._threads[mid] = issue_id if known is None else min(known, issue_id)
             self._status.setdefault(issue_id, status)
@@ -112,7 +113,7 @@ class DbLookup:
     def issues_by_message_ids(self, ids: Sequence[str]) -> dict[str, int]:
         ids = list(dict.fromkeys(i for i in ids if i))[:200]
         self._fetch_threads(ids)
-        return {i: self._threads[i] for i in ids if self._threads[i] is not None}
+        return {i: n for i in ids if (n := self._threads[i]) is not None}
 
     def issue_status(self, issue_id: int) -> str | None:
         if issue_id not in self._status:

@@ -17,20 +17,20 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
 from maild.addresses import AddressRules
-from maild.models import Action, Attachment, Blob, Customer, CustomerAddress, Interaction, Issue, RawMessage, utcnow
+from maild.models import Action, Attachment, Blob, Customer, CustomerAddress, Interaction, Issue, RawMessage, table_of, utcnow
 from maild.timefmt import aware
 from maild.ingest.stages.lookup import DbLookup
 from maild.ingest.stages.records import Stored, Classification, CustomerMatch, ParsedMessage, ThreadDecision
 
 # Built once: statements are the hot path's main cost, and a prebuilt one
 # skips construction and reuses its compiled form.
-_issues, _customers, _addresses = Issue.__table__, Customer.__table__, CustomerAddress.__table__
-_raw = RawMessage.__table__
+_issues, _customers, _addresses = table_of(Issue), table_of(Customer), table_of(CustomerAddress)
+_raw = table_of(RawMessage)
 _NEW_CUSTOMER = insert(_customers)
 _NEW_ISSUE = insert(_issues)
-_NEW_INTERACTION = insert(Interaction.__table__)
-_NEW_ACTION = insert(Action.__table__)
-_NEW_ATTACHMENT = insert(Attachment.__table__)
+_NEW_INTERACTION = insert(table_of(Interaction))
+_NEW_ACTION = insert(table_of(Action))
+_NEW_ATTACHMENT = insert(table_of(Attachment))
 _DROP_CUSTOMER = _customers.delete().where(_customers.c.id == bindparam("id"))
 _ADDRESS_OWNER = select(_addresses.c.customer_id).where(_addresses.c.key == bindparam("key"))
 _CLOSED_AT = select(_issues.c.closed_at).where(_issues.c.id == bindparam("id"))
@@ -40,7 +40,10 @@ _DONE = update(_raw).where(_raw.c.id == bindparam("raw_id"))
 
 def _new_id(conn: Connection, statement, values: dict) -> int:
     """Insert one row; its id (SQLite's lastrowid, PostgreSQL's RETURNING), cheaper than an explicit RETURNING."""
-    return conn.execute(statement, values).inserted_primary_key[0]
+    key = conn.execute(statement, values).inserted_primary_key
+    if key is None:
+        raise RuntimeError("the insert returned no primary key")
+    return key[0]
 
 
 def _unless_there(dialect: str, table, key):
@@ -78,7 +81,10 @@ def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classificatio
     ).scalar()
     if claimed is None:
         conn.execute(_DROP_CUSTOMER, {"id": customer_id})
-        customer_id = conn.scalar(_ADDRESS_OWNER, {"key": key})
+        owner = conn.scalar(_ADDRESS_OWNER, {"key": key})
+        if owner is None:  # claimed by a transaction that has since rolled back: let the retry decide
+            raise RuntimeError(f"address {key!r} was claimed and released while storing")
+        customer_id = owner
     lookup.remember_customer(key, customer_id)
     return customer_id
 
@@ -189,7 +195,7 @@ def store(
     issue_id = decision.issue_id
     from_customer = sender is not None and not (sender.is_rep or sender.own_address)
     wakes = decision.issue_status == "closed" and from_customer and not cls.auto
-    linked_to = issue_id if wakes and _closed_long_ago(conn, issue_id, reopen_days) else None
+    linked_to = issue_id if wakes and issue_id is not None and _closed_long_ago(conn, issue_id, reopen_days) else None
     new_issue = issue_id is None or linked_to is not None
     if new_issue:
         issue_id = _new_issue(conn, mailbox, msg, decision.category, customer_id, own_addresses, lookup)
@@ -202,7 +208,7 @@ def store(
     _attachments(conn, interaction_id, msg)
     # An issue's last activity is its newest action; only a reopen changes the row.
     reopened = wakes and linked_to is None
-    if reopened:
+    if reopened and issue_id is not None:
         _reopen(conn, issue_id, lookup)
     return Stored(
         raw_id, "interaction", mailbox, issue_id, interaction_id, new_issue, reopened,

@@ -120,6 +120,6 @@ def thread(
     if decision is not None:
         return ThreadDecision(
             decision.issue_id, decision.reason, ctx.category, decision.token_rep_id, decision.token_purpose,
-            lookup.issue_status(decision.issue_id),
+            lookup.issue_status(decision.issue_id) if decision.issue_id is not None else None,
         )
     return ThreadDecision(None, "new", ctx.category)
