@@ -83,7 +83,8 @@ class SmtpConfig(_Strict):
 
 
 class DaemonConfig(_Strict):
-    drain_batch: int = Field(default=4, gt=0)  # messages per pipeline transaction in `maild run`
+    drain_batch: int = Field(default=4, gt=0)  # messages per pipeline transaction in `maild run`, when idle
+    max_drain_batch: int = Field(default=200, gt=0)  # ... growing up to this many with the backlog
     drain_interval: float = Field(default=5.0, gt=0)  # seconds between looks for mail from other paths
     shutdown_grace: float = Field(default=10.0, gt=0)  # seconds SIGTERM waits for stores and the batch in hand
 
@@ -134,6 +135,10 @@ class IngestConfig(_Strict):
     # Web-form relays: mail From one of these is a customer's message, and its
     # Reply-To names the customer. For any other sender From wins.
     relay_senders: tuple[str, ...] = ()
+    # Budget per message for parse and classify, in a worker process that is stopped
+    # past it; the message goes to quarantine (stage parse, too-slow / too-large).
+    parse_timeout: float = Field(default=20.0, gt=0)  # seconds
+    parse_memory: int = Field(default=1024 * 1024 * 1024, ge=16 * 1024 * 1024)  # bytes beyond the worker's own
 
     _relays = field_validator("relay_senders")(lambda v: _check_addresses(v))
 

@@ -55,7 +55,9 @@ class RawMessage(Base):
     """Every message exactly as it arrived; durable before anything is acknowledged."""
 
     __tablename__ = "raw_messages"
-    __table_args__ = (UniqueConstraint("mailbox", "dedupe_key", name="uq_raw_messages_dedupe"),)
+    # One row per message in the whole deployment, whichever mailboxes and paths it
+    # reached: later copies are recorded in raw_message_copies.
+    __table_args__ = (UniqueConstraint("dedupe_key", name="uq_raw_messages_dedupe_key"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     mailbox: Mapped[str] = mapped_column(String(100))
@@ -75,6 +77,20 @@ class RawMessage(Base):
     processed_at: Mapped[datetime | None]
     # What the pipeline made of it when it was not an interaction of its own.
     outcome: Mapped[str | None] = mapped_column(String(40))
+
+
+class RawMessageCopy(Base):
+    """A later copy of a stored message (same Message-ID, or the same bytes): nothing new is
+    made of it, but the audit trail keeps where and how it came. One row per mailbox and path."""
+
+    __tablename__ = "raw_message_copies"
+    __table_args__ = (UniqueConstraint("raw_message_id", "mailbox", "source", name="uq_raw_message_copies_copy"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    raw_message_id: Mapped[int] = mapped_column(ForeignKey("raw_messages.id"))
+    mailbox: Mapped[str] = mapped_column(String(100))  # the mailbox this copy was delivered to
+    source: Mapped[str] = mapped_column(String(20))  # smtp, lmtp, imap, pipe, import
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Customer(Base):

@@ -3,6 +3,11 @@
 Every transport edge (SMTP, LMTP, IMAP, the MTA pipe, import) calls `accept`
 and acknowledges only after it returns. Nothing here parses a body or threads:
 that is the pipeline's job, later, from the stored bytes.
+
+A message is stored once in the whole deployment: the dedupe key (its
+Message-ID, or its bytes' hash) is unique whatever mailbox or path a copy came
+by, so a mail for support@ over LMTP and for billing@ over IMAP is one raw
+message, one interaction. A later copy is recorded in raw_message_copies.
 """
 
 from __future__ import annotations
@@ -11,13 +16,17 @@ import hashlib
 import re
 from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
+from typing import cast
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import Table, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild.models import RawMessage, utcnow
+from maild.models import RawMessage, RawMessageCopy, utcnow
 
+_RAW = cast(Table, RawMessage.__table__)
+_COPIES = cast(Table, RawMessageCopy.__table__)
 MESSAGE_ID_RE = re.compile(rb"^message-id:[ \t]*(?:\r?\n[ \t]+)*<([^<>\s]{1,250})>", re.I | re.M)
 
 
@@ -30,6 +39,13 @@ class Incoming:
     source: str
     envelope_from: str | None = None
     envelope_to: tuple[str, ...] = ()
+    # The mailbox this copy was delivered to, when the routing rule stores it under
+    # another (an IMAP copy from billing@ of a mail also to support@): for the copies' record.
+    delivered_to: str | None = None
+
+    @property
+    def copy_mailbox(self) -> str:
+        return self.delivered_to or self.mailbox
 
 
 @dataclass(frozen=True)
@@ -72,60 +88,94 @@ def _row(item: Incoming, key: str) -> dict:
     }
 
 
-def _existing(session: Session, pairs: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
-    found: dict[tuple[str, str], int] = {}
-    for i in range(0, len(pairs), 400):
-        chunk = pairs[i : i + 400]
+def _existing(session: Session, keys: Sequence[str]) -> dict[str, tuple[int, str, str]]:
+    """Stored messages by dedupe key: (raw id, mailbox, source)."""
+    t = _RAW
+    found: dict[str, tuple[int, str, str]] = {}
+    unique = list(dict.fromkeys(keys))
+    for i in range(0, len(unique), 400):
         rows = session.execute(
-            select(RawMessage.mailbox, RawMessage.dedupe_key, RawMessage.id).where(
-                tuple_(RawMessage.mailbox, RawMessage.dedupe_key).in_(chunk)
-            )
+            select(t.c.dedupe_key, t.c.id, t.c.mailbox, t.c.source).where(t.c.dedupe_key.in_(unique[i : i + 400]))
         )
-        found.update({(mb, key): rid for mb, key, rid in rows})
+        found.update({key: (rid, mb, src) for key, rid, mb, src in rows})
     return found
 
 
-def accept_many(sessions: sessionmaker[Session], items: Iterable[Incoming]) -> list[Accepted]:
-    """Store a batch in one transaction; returns once it is committed.
+def _record_copies(session: Session, copies: list[dict]) -> None:
+    """One row per (message, mailbox, path) a later copy came by; the first arrival of each is kept."""
+    if not copies:
+        return
+    dialect = session.get_bind().dialect.name
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert_(_COPIES).on_conflict_do_nothing(
+        index_elements=["raw_message_id", "mailbox", "source"]
+    )
+    session.execute(statement, copies)
 
-    A message already stored (same mailbox and dedupe key) is not stored again;
-    its existing row is reported as a duplicate.
-    """
-    items = list(items)
-    keys = [dedupe_key(i.data) for i in items]
-    table = RawMessage.__table__
+
+def _accept_once(sessions: sessionmaker[Session], items: list[Incoming], keys: list[str]) -> list[Accepted]:
+    table = _RAW
     with sessions() as session, session.begin():
-        known = _existing(session, [(i.mailbox, k) for i, k in zip(items, keys)])
-        fresh: dict[tuple[str, str], dict] = {}
+        found = _existing(session, keys)
+        known = {key: stored[0] for key, stored in found.items()}
+        fresh: dict[str, dict] = {}
         for item, key in zip(items, keys):
-            if (item.mailbox, key) not in known:
-                fresh.setdefault((item.mailbox, key), _row(item, key))
+            if key not in known:
+                fresh.setdefault(key, _row(item, key))
         if fresh:
             ids = session.execute(
                 insert(table).returning(table.c.id, sort_by_parameter_order=True), list(fresh.values())
             ).scalars().all()
             known.update(zip(fresh, ids))
-    # The first of several copies in one batch is the new one; the rest are duplicates.
-    out, seen = [], set()
-    for item, key in zip(items, keys):
-        pair = (item.mailbox, key)
-        out.append(Accepted(known[pair], pair not in fresh or pair in seen))
-        seen.add(pair)
+        # The first of several copies in one batch is the new one; the rest are duplicates.
+        out: list[Accepted] = []
+        seen: set[str] = set()
+        copies: dict[tuple[int, str, str], dict] = {}
+        for item, key in zip(items, keys):
+            duplicate = key not in fresh or key in seen
+            seen.add(key)
+            out.append(Accepted(known[key], duplicate))
+            first = found.get(key) or (known[key], fresh[key]["mailbox"], fresh[key]["source"])
+            if duplicate and (item.copy_mailbox, item.source) != first[1:]:
+                copies.setdefault((known[key], item.copy_mailbox, item.source), {
+                    "raw_message_id": known[key], "mailbox": item.copy_mailbox, "source": item.source,
+                    "received_at": utcnow(),
+                })
+        _record_copies(session, list(copies.values()))
     return out
+
+
+def accept_many(sessions: sessionmaker[Session], items: Iterable[Incoming]) -> list[Accepted]:
+    """Store a batch in one transaction; returns once it is committed.
+
+    A message already stored (same dedupe key, for any mailbox) is not stored
+    again; its existing row is reported as a duplicate and the copy recorded.
+    """
+    items = list(items)
+    keys = [dedupe_key(i.data) for i in items]
+    try:
+        return _accept_once(sessions, items, keys)
+    except IntegrityError:
+        # Another connection stored one of these between our check and insert: now it is known.
+        return _accept_once(sessions, items, keys)
 
 
 def accept(sessions: sessionmaker[Session], item: Incoming) -> Accepted:
     """Store one message durably; safe against a concurrent copy of the same message."""
-    try:
-        return accept_many(sessions, [item])[0]
-    except IntegrityError:
-        # Another connection stored the same message between our check and insert.
-        with sessions() as session:
-            rid = session.scalar(
-                select(RawMessage.id).where(
-                    RawMessage.mailbox == item.mailbox, RawMessage.dedupe_key == dedupe_key(item.data)
-                )
-            )
-        if rid is None:
-            raise
-        return Accepted(rid, True)
+    return accept_many(sessions, [item])[0]
+
+
+def copies_of(session: Session, raw_ids: Iterable[int]) -> dict[int, list[dict]]:
+    """The later copies of stored messages, oldest first, for the audit trail
+    (e.g. an interaction's raw_message_id in `maild issues show`)."""
+    t = _COPIES
+    out: dict[int, list[dict]] = {}
+    ids = list(raw_ids)
+    for i in range(0, len(ids), 400):
+        rows = session.execute(
+            select(t.c.raw_message_id, t.c.mailbox, t.c.source, t.c.received_at)
+            .where(t.c.raw_message_id.in_(ids[i : i + 400])).order_by(t.c.id)
+        )
+        for raw_id, mailbox, source, received_at in rows:
+            out.setdefault(raw_id, []).append({"mailbox": mailbox, "source": source, "received_at": received_at})
+    return out

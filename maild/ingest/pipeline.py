@@ -10,31 +10,29 @@ the message pending for the next drain instead of quarantining it.
 from __future__ import annotations
 
 import logging
-import traceback
-from contextlib import nullcontext
 from collections import Counter
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
-from multiprocessing import get_context
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.addresses import AddressRules
 from maild.config import Settings
 from maild.db import is_transient
-from maild.models import RawMessage, Rep, utcnow
-from maild.tokens import TokenSigner
-from maild.ingest.stages.classify import OwnMail, classify
+from maild.ingest.budget import Budget, Prepared, describe
+from maild.ingest.stages.classify import OwnMail
 from maild.ingest.stages.identify import IdentifyContext, identify, relayed_classification, sender_key
 from maild.ingest.stages.lookup import DbLookup
-from maild.ingest.stages.parse import parse
 from maild.ingest.stages.records import Classification, ParsedMessage
 from maild.ingest.stages.store import Stored, mark_done, store
 from maild.ingest.stages.thread import ThreadContext, parent_ids, prove_rep, thread
+from maild.models import RawMessage, Rep, utcnow
 from maild.subjects import subject_tag_re
+from maild.tokens import TokenSigner
 
 log = logging.getLogger("maild.ingest")
 
@@ -59,59 +57,29 @@ class DrainReport:
     counts: Counter = field(default_factory=Counter)
 
 
-@dataclass(frozen=True)
-class Prepared:
-    """What the pure stages made of a message, or where and why they failed."""
-
-    msg: ParsedMessage | None
-    cls: Classification | None
-    stage: str | None = None
-    error: str | None = None
-
-
-def describe(exc: BaseException) -> str:
-    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
-
-
-def prepare(data: bytes, envelope_to: tuple[str, ...], own: OwnMail) -> Prepared:
-    """parse, then classify. Pure, so it may run in a worker process; the
-    failure is caught here only to carry it back across that boundary."""
-    stage = "parse"
-    try:
-        msg = parse(data, envelope_to)
-        stage = "classify"
-        cls = classify(msg.message, msg.from_.email if msg.from_ else None, own)
-    except Exception as exc:
-        return Prepared(None, None, stage, describe(exc))
-    # The MIME tree stays behind: later stages need only the parsed record.
-    return Prepared(replace(msg, message=None), cls)
-
-
-def _prepare_many(jobs: list[tuple[bytes, tuple[str, ...]]], own: OwnMail) -> list[Prepared]:
-    return [prepare(data, envelope_to, own) for data, envelope_to in jobs]
-
-
 class Ahead:
-    """parse and classify results by raw message id, computed already or under way in workers."""
+    """parse and classify results by raw message id, done already or under way in a worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, budget: Budget) -> None:
+        self._budget = budget
+        self._running: dict[int, Future] = {}
         self._done: dict[int, Prepared] = {}
-        self._running: dict[int, tuple[Future, int]] = {}
 
-    def put(self, raw_id: int, prep: Prepared) -> None:
-        self._done[raw_id] = prep
-
-    def put_future(self, raw_id: int, future: Future, index: int) -> None:
-        self._running[raw_id] = (future, index)
+    def put(self, raw_id: int, future: Future) -> None:
+        self._running[raw_id] = future
 
     def get(self, raw_id: int) -> Prepared | None:
-        if raw_id not in self._done and raw_id in self._running:
-            future, index = self._running.pop(raw_id)
-            self._done[raw_id] = future.result()[index]
+        if raw_id in self._running:
+            self._done[raw_id] = self._budget.result(self._running.pop(raw_id))
         return self._done.get(raw_id)
 
+    def wait(self) -> None:
+        """Until every message is parsed or over its budget (at most parse_timeout each)."""
+        for raw_id in list(self._running):
+            self.get(raw_id)
 
-_CHUNK = 25  # messages per task handed to a worker process
+    def __len__(self) -> int:
+        return len(self._running) + len(self._done)
 
 
 class _Retry(Exception):
@@ -128,14 +96,16 @@ class Pipeline:
         workers: int = 1,
     ) -> None:
         self.settings = settings
-        self.workers = workers
-        self._executor: ProcessPoolExecutor | None = None
         self.sessions = sessions
         self.hooks = list(hooks)
         own = settings.own_addresses
         self.rules = AddressRules(settings.ingest.fold_plus_addresses, settings.ingest.case_sensitive_local_part)
         self.own = own
         self.own_mail = OwnMail(addresses=own, message_id_domain=settings.message_id_domain)
+        # The caller's process stores while `workers - 1` others parse (at least one:
+        # parsing always runs where an over-budget message can be stopped).
+        cfg = settings.ingest
+        self.budget = Budget(self.own_mail, cfg.parse_timeout, cfg.parse_memory, workers - 1)
         self.signer = signer
         self.tag_re = subject_tag_re(settings.threading.tag_prefix)
         with sessions() as s:
@@ -146,10 +116,10 @@ class Pipeline:
         relays = frozenset(self.rules.key(a) for a in settings.ingest.relay_senders)
         self.identify_ctx = IdentifyContext(self.rules, own, reps, relays)
 
-    def _settle(self, lookup: DbLookup, raw: Row, prep: Prepared, current: list[str]) -> Stored:
+    def _settle(self, lookup: DbLookup, raw: Row, msg: ParsedMessage, cls: Classification,
+                current: list[str]) -> Stored:
         """identify, thread, store, emit: the stages that need the database."""
         mailbox = self.settings.mailbox_named(raw.mailbox)
-        msg, cls = prep.msg, prep.cls
         current[0] = "identify"
         sender = identify(msg, cls, self.identify_ctx, lookup.live_customer_by_key)
         cls = relayed_classification(msg, cls, self.identify_ctx)
@@ -168,29 +138,26 @@ class Pipeline:
         return stored
 
     def _quarantine(self, session: Session, raw_id: int, stage: str, detail: str) -> Outcome:
-        raw = session.get(RawMessage, raw_id)
-        raw.state, raw.stage, raw.error = "quarantined", stage, detail[:4000]
-        raw.attempts = (raw.attempts or 0) + 1
-        raw.processed_at = utcnow()
+        session.execute(update(RawMessage).where(RawMessage.id == raw_id).values(
+            state="quarantined", stage=stage, error=detail[:4000], attempts=RawMessage.attempts + 1,
+            processed_at=utcnow(),
+        ))
         log.warning("quarantined raw=%s stage=%s error=%s", raw_id, stage, detail[:300])
         return Outcome(raw_id, "quarantined", stage=stage, error=detail)
 
     def prepare_ahead(self, jobs: Iterable[tuple[int, bytes, tuple[str, ...]]]) -> Ahead:
-        """Start parse and classify of (raw id, bytes, envelope recipients): in worker
-        processes when there are several, so they run while earlier mail is stored."""
-        ahead, jobs = Ahead(), list(jobs)
-        if self.workers <= 1:
-            for raw_id, data, envelope_to in jobs:
-                ahead.put(raw_id, prepare(data, envelope_to, self.own_mail))
-            return ahead
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(self.workers - 1, mp_context=get_context("fork"))
-        for i in range(0, len(jobs), _CHUNK):
-            chunk = jobs[i : i + _CHUNK]
-            future = self._executor.submit(_prepare_many, [(d, e) for _, d, e in chunk], self.own_mail)
-            for index, (raw_id, _, _) in enumerate(chunk):
-                ahead.put_future(raw_id, future, index)
+        """Start parse and classify of (raw id, bytes, envelope recipients) in the workers,
+        each under its budget, so they run while earlier mail is stored."""
+        ahead = Ahead(self.budget)
+        for raw_id, data, envelope_to in jobs:
+            ahead.put(raw_id, self.budget.submit(data, envelope_to))
         return ahead
+
+    def prepare_pending(self, raw_ids: Iterable[int]) -> Ahead:
+        """prepare_ahead for stored messages, read from the database (those still pending)."""
+        with self.sessions() as session:
+            rows = self._pending(session, list(raw_ids), data=True)
+            return self.prepare_ahead((r.id, r.data, tuple(r.envelope_to or ())) for r in rows)
 
     def process(self, raw_ids: Iterable[int], ahead: Ahead | None = None) -> list[Outcome]:
         """Run pending messages through the stages, one transaction for the batch.
@@ -204,9 +171,8 @@ class Pipeline:
         if ahead is None:
             # Parse and classify before the write transaction, so the database
             # is locked only for the stages that need it.
-            with self.sessions() as session:
-                rows = self._pending(session, raw_ids, data=True)
-                ahead = self.prepare_ahead((r.id, r.data, tuple(r.envelope_to or ())) for r in rows)
+            ahead = self.prepare_pending(raw_ids)
+        ahead.wait()
         try:
             outcomes = self._process(raw_ids, ahead, isolate=False)
         except _Retry:
@@ -231,13 +197,17 @@ class Pipeline:
     def _prepare_here(self, session: Session, raw: Row) -> Prepared:
         """A row that turned pending after its batch was read (a retry) is parsed here."""
         data = session.connection().scalar(select(RawMessage.data).where(RawMessage.id == raw.id))
-        return prepare(data, tuple(raw.envelope_to or ()), self.own_mail)
+        if data is None:
+            return Prepared(None, None, "parse", "the stored message has no bytes")
+        return self.budget.prepare(data, tuple(raw.envelope_to or ()))
 
     def _prefetch(self, lookup: DbLookup, preps: list[Prepared]) -> None:
-        keys, mids = [], []
+        keys: list[str] = []
+        mids: list[str] = []
         for p in preps:
-            if p.msg is not None:
-                keys.append(sender_key(p.msg, self.identify_ctx))
+            if p.msg is not None and p.cls is not None:
+                if (key := sender_key(p.msg, self.identify_ctx)) is not None:
+                    keys.append(key)
                 mids += parent_ids(p.msg, p.cls)
         lookup.prefetch(keys, mids)
 
@@ -250,13 +220,14 @@ class Pipeline:
             lookup = DbLookup(session)
             self._prefetch(lookup, preps)
             for raw, prep in zip(raws, preps):
-                if prep.error is not None:
-                    outcomes.append(self._quarantine(session, raw.id, prep.stage, prep.error))
+                if prep.msg is None or prep.cls is None:
+                    detail = prep.error or "parse gave no result"
+                    outcomes.append(self._quarantine(session, raw.id, prep.stage or "parse", detail))
                     continue
                 current = ["identify"]
                 try:
                     with session.begin_nested() if isolate else nullcontext():
-                        stored = self._settle(lookup, raw, prep, current)
+                        stored = self._settle(lookup, raw, prep.msg, prep.cls, current)
                     outcomes.append(Outcome(raw.id, "done", stored))
                     done.append((raw.id, stored.outcome))
                 except Exception as exc:
@@ -270,17 +241,14 @@ class Pipeline:
         return outcomes
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown()
-            self._executor = None
+        self.budget.close()
 
-    def pending_ids(self, limit: int) -> list[int]:
+    def pending_ids(self, limit: int, after: int = 0) -> list[int]:
+        """The oldest pending messages, from past raw id `after`."""
+        query = (select(RawMessage.id).where(RawMessage.state == "pending", RawMessage.id > after)
+                 .order_by(RawMessage.id).limit(limit))
         with self.sessions() as session:
-            return list(
-                session.scalars(
-                    select(RawMessage.id).where(RawMessage.state == "pending").order_by(RawMessage.id).limit(limit)
-                )
-            )
+            return list(session.scalars(query))
 
     def drain(self, batch: int = 100) -> DrainReport:
         """Process every pending message (finite: for tests, the CLI and the daemon's worker)."""

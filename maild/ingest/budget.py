@@ -1,0 +1,134 @@
+"""parse and classify under a per-message budget, in worker processes that can be stopped.
+
+A hostile message (a Subject of a hundred thousand encoded words, a MIME bomb)
+can cost the parser minutes of CPU or gigabytes of memory. Each message is
+therefore its own task in a pebble process pool: past `ingest.parse_timeout`
+seconds its worker is killed and replaced; past `ingest.parse_memory` bytes
+(RLIMIT_AS, set in the worker before each message) the parser gets a
+MemoryError. Either way the message gets a precise error for the quarantine
+and the other messages go on. pebble does the stopping and replacing, which
+concurrent.futures cannot do for one task. This module never touches the
+database.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import threading
+import traceback
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+
+from pebble import ProcessExpired, ProcessPool
+
+from maild.ingest.stages.classify import OwnMail, classify
+from maild.ingest.stages.parse import parse
+from maild.ingest.stages.records import Classification, ParsedMessage
+
+RECYCLE_AFTER = 2000  # messages per worker process: a fresh one bounds what fragmentation costs
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What the pure stages made of a message, or where and why they failed."""
+
+    msg: ParsedMessage | None
+    cls: Classification | None
+    stage: str | None = None
+    error: str | None = None
+
+
+def describe(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()
+
+
+def prepare(data: bytes, envelope_to: tuple[str, ...], own: OwnMail) -> Prepared:
+    """parse, then classify. Pure; a failure is caught here only to carry it back
+    across the process boundary. Running out of memory is the budget's to report."""
+    stage = "parse"
+    try:
+        msg = parse(data, envelope_to)
+        if msg.message is None:
+            return Prepared(None, None, stage, "the parser gave no MIME tree")
+        stage = "classify"
+        cls = classify(msg.message, msg.from_.email if msg.from_ else None, own)
+    except MemoryError:
+        raise
+    except Exception as exc:
+        return Prepared(None, None, stage, describe(exc))
+    # The MIME tree stays behind: later stages need only the parsed record.
+    return Prepared(replace(msg, message=None), cls)
+
+
+def _limit_memory(extra: int) -> None:
+    """Allow this process `extra` bytes of address space beyond what it holds now."""
+    try:
+        with open("/proc/self/statm") as f:
+            held = int(f.read().split()[0]) * resource.getpagesize()
+    except OSError:  # no /proc: no limit rather than a wrong one
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    wanted = held + extra
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (wanted, hard))
+
+
+def _prepare_limited(data: bytes, envelope_to: tuple[str, ...], own: OwnMail, memory: int) -> Prepared:
+    """One message in a worker: the memory budget, then parse and classify."""
+    _limit_memory(memory)
+    try:
+        return prepare(data, envelope_to, own)
+    except MemoryError:
+        return Prepared(None, None, "parse", f"too-large: over {memory} bytes of memory")
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    """fork in a single-threaded command (cheap, nothing to import again); forkserver in
+    the daemon, where forking a process with other threads running is unsafe."""
+    if threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
+class Budget:
+    """Submits messages to the worker pool and turns an overrun into a Prepared error."""
+
+    def __init__(self, own: OwnMail, seconds: float, memory: int, workers: int = 1) -> None:
+        self.own, self.seconds, self.memory = own, seconds, memory
+        self.workers = max(1, workers)
+        self._pool: ProcessPool | None = None
+        self._lock = threading.Lock()
+
+    def _started(self) -> ProcessPool:
+        with self._lock:
+            if self._pool is None or not self._pool.active:
+                self._pool = ProcessPool(self.workers, max_tasks=RECYCLE_AFTER, context=_context())
+            return self._pool
+
+    def submit(self, data: bytes, envelope_to: tuple[str, ...]) -> Future:
+        return self._started().schedule(
+            _prepare_limited, args=(data, envelope_to, self.own, self.memory), timeout=self.seconds
+        )
+
+    def result(self, future: Future) -> Prepared:
+        """The worker's result, or why the message went over its budget."""
+        try:
+            return future.result()
+        except TimeoutError:
+            return Prepared(None, None, "parse", f"too-slow: over {self.seconds:g} s")
+        except ProcessExpired as exc:  # killed from outside (the kernel's OOM killer) or crashed
+            return Prepared(None, None, "parse", f"too-large: the parser's process died (exit code {exc.exitcode})")
+
+    def prepare(self, data: bytes, envelope_to: tuple[str, ...]) -> Prepared:
+        return self.result(self.submit(data, envelope_to))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.stop()  # a message still parsing is abandoned: it stays pending
+                self._pool.join()
+                self._pool = None
