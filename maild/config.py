@@ -71,6 +71,10 @@ class SmtpConfig(_Strict):
     auth_require_tls: bool = True
     auth_required: bool = False  # every transaction must AUTH first (a submission-only listener)
     store_timeout: float = Field(default=5.0, gt=0)  # seconds a store may wait on the database before 451
+    max_sessions: int = Field(default=100, gt=0)  # concurrent SMTP+LMTP sessions; the next one gets 421
+    transaction_timeout: float = Field(default=300.0, gt=0)  # seconds from MAIL FROM to the end of DATA
+    spool_threshold: int = Field(default=1024 * 1024, gt=0)  # bytes of a message in memory before a temp file
+    max_data_memory: int = Field(default=100 * 1024 * 1024, gt=0)  # bytes of received mail held for stores at once
 
     _listen = field_validator("listen", "lmtp_listen")(lambda v: v if v is None else _check_hostport(v))
     _env = field_validator("auth_users_env")(_check_env_name)

@@ -4,17 +4,24 @@ An edge only routes recipients to mailboxes, hands the bytes to the durable
 intake and answers. It never parses a body, never answers 250 before the
 intake has returned, and never relays: only the addresses of configured
 mailboxes (their aliases and +subaddresses) are accepted.
+
+Resources are capped here, before anything is stored: sessions
+(`max_sessions`), the time a transaction may take from MAIL FROM to its final
+dot (`transaction_timeout`, which no trickle extends), the memory a message
+takes while it arrives (DATA is read by spool.py, not by aiosmtpd) and the
+time a sender waits for the store (`store_timeout`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import hmac
 import logging
 import os
 import socket
 import ssl
+import time
+import weakref
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -24,16 +31,20 @@ from typing import Any, Protocol
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
 
 from maild.config import ConfigError, MailboxConfig, Settings, split_hostport
 from maild.ingest.intake import Accepted, Incoming, header_end
+from maild.ingest.smtp_guards import Refusal, SessionSlots, Slot, address_fault, escape_peer_text
+from maild.ingest.spool import MemoryBudget, Spool, read_data
 
 log = logging.getLogger("maild.smtp")
 
 TOO_BIG = {"552 Error: Too much mail data", "552 Error: message size exceeds fixed maximum message size"}
 DATA_ERRORS = {"552 Error: Too much mail data", "500 Line too long (see RFC5321 4.5.3.1.6)"}
 LINE_GUARD = 1 << 20  # bytes without a newline after which a peer is cut off
+SENDER_FAULT = "501 5.1.7 Sender address must be ASCII, or UTF-8 after SMTPUTF8, without control characters"
+RECIPIENT_FAULT = "553 5.1.3 Recipient address must be ASCII, or UTF-8 after SMTPUTF8, without control characters"
 
 
 class Intake(Protocol):
@@ -68,7 +79,7 @@ class Router:
         return None
 
     def choose(self, data: bytes, recipients: Sequence[str]) -> str:
-        names = {self.mailbox_for(a) for a in (*recipients, *header_recipients(data))} - {None}
+        names = {n for a in (*recipients, *header_recipients(data)) if (n := self.mailbox_for(a)) is not None}
         return min(names, key=self.order.__getitem__)
 
 
@@ -88,18 +99,41 @@ def _who(session, envelope) -> str:
     return f"peer={peer} from=<{envelope.mail_from or ''}>"
 
 
+class OutOfMemoryBudget(Exception):
+    """The received mail held for stores is at `smtp.max_data_memory`."""
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # a store answered late: its outcome is in the log, not lost as a warning
+
+
 class Handler:
     """aiosmtpd hooks shared by the SMTP and LMTP listeners."""
 
-    def __init__(self, proto: str, router: Router, intake: Intake, auth: bool = False) -> None:
+    def __init__(self, proto: str, router: Router, intake: Intake, auth: bool = False,
+                 store_timeout: float = 5.0, budget: MemoryBudget | None = None) -> None:
         self.proto, self.router, self.intake, self.auth = proto, router, intake, auth
+        self.store_timeout, self.budget = store_timeout, budget or MemoryBudget(1 << 30)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         return responses if self.auth else [r for r in responses if not r.startswith("250-AUTH")]
 
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        if fault := address_fault(address, envelope.smtp_utf8):
+            log.info("refused proto=%s peer=%s from=<%s> code=501 reason=sender-%s",
+                     self.proto, session.peer[0] if session.peer else "-", address, fault)
+            return SENDER_FAULT
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         who = f"proto={self.proto} {_who(session, envelope)} to=<{address}>"
+        if fault := address_fault(address, envelope.smtp_utf8):
+            log.info("refused %s code=553 reason=recipient-%s", who, fault)
+            return RECIPIENT_FAULT
         if self.router.mailbox_for(address) is None:
             log.info("refused %s code=550 reason=unknown-recipient", who)
             return f"550 5.1.1 <{address}>: no such mailbox here"
@@ -111,23 +145,48 @@ class Handler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
 
-    def _store(self, envelope) -> tuple[str, Accepted]:
-        mailbox = self.router.choose(envelope.original_content, envelope.rcpt_tos)
-        item = Incoming(envelope.original_content, mailbox, self.proto, envelope.mail_from, tuple(envelope.rcpt_tos))
-        return mailbox, self.intake.store(item)
+    def _store(self, spool: Spool, sender: str | None, recipients: tuple[str, ...],
+               deadline: float) -> tuple[str, Accepted]:
+        """In an intake thread: the spooled message read back (within the memory budget) and stored."""
+        try:
+            held = self.budget.acquire(spool.size, max(0.0, deadline - time.monotonic()))
+            if held is None:
+                raise OutOfMemoryBudget(f"smtp.max_data_memory ({self.budget.total} bytes) in use")
+            try:
+                data = spool.read()
+                spool.close()
+                mailbox = self.router.choose(data, recipients)
+                return mailbox, self.intake.store(Incoming(data, mailbox, self.proto, sender, recipients))
+            finally:
+                self.budget.release(held)
+        finally:
+            spool.close()
 
     async def handle_DATA(self, server, session, envelope):
+        """Store, waiting at most `store_timeout` s; a store still running then may commit later,
+        and the sender's retry is recognised as the same message."""
         who = f"proto={self.proto} {_who(session, envelope)} to={','.join(envelope.rcpt_tos)}"
-        try:
-            mailbox, accepted = await self.intake.call(self._store, envelope)
-        except Exception as exc:
+        spool: Spool = envelope.spool
+        deadline = time.monotonic() + self.store_timeout
+        task = asyncio.ensure_future(
+            self.intake.call(self._store, spool, envelope.mail_from, tuple(envelope.rcpt_tos), deadline)
+        )
+        task.add_done_callback(_retrieve)
+        await asyncio.wait({task}, timeout=self.store_timeout)
+        exc = task.exception() if task.done() else TimeoutError(f"no commit within {self.store_timeout}s")
+        if exc is not None:
+            if task.done():
+                spool.close()
             error = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
             log.warning("refused %s code=451 reason=not-stored error=%s", who, error)
-            status = "451 4.3.0 Cannot store the message now, try again later"
+            status = ("451 4.3.1 Too much mail arriving at once, try again later"
+                      if isinstance(exc, OutOfMemoryBudget) else
+                      "451 4.3.0 Cannot store the message now, try again later")
         else:
+            mailbox, accepted = task.result()
             dup = "yes" if accepted.duplicate else "no"
             log.info("accepted %s mailbox=%s raw=%s size=%d duplicate=%s",
-                     who, mailbox, accepted.raw_id, len(envelope.original_content), dup)
+                     who, mailbox, accepted.raw_id, spool.size, dup)
             status = f"250 2.0.0 OK stored as {accepted.raw_id}"
         # LMTP answers once per recipient; all share the one stored copy.
         return "\r\n".join([status] * len(envelope.rcpt_tos)) if self.proto == "lmtp" else status
@@ -137,11 +196,94 @@ class Handler:
         return "451 4.3.0 Internal error, try again later"
 
 
-class _Precise:
-    """Protocol tweaks: enhanced codes for oversize mail, per-recipient DATA errors
-    for LMTP, and a cap on bytes without a newline (aiosmtpd would keep them)."""
+class SpooledEnvelope(Envelope):
+    """aiosmtpd's envelope, with the message in a Spool instead of `original_content`."""
 
+    spool: Spool | None = None
+
+
+class _Precise(SMTP):
+    """Protocol tweaks: enhanced codes for oversize mail, per-recipient DATA errors
+    for LMTP, a cap on bytes without a newline (aiosmtpd would keep them), a
+    session slot, the transaction deadline, and DATA read into a Spool."""
+
+    proto = "smtp"
     _unbroken = 0
+    _expiry: asyncio.TimerHandle | None = None
+
+    def __init__(self, handler: Handler, *, slot: Slot, transaction_timeout: float, spool_threshold: int,
+                 **options: Any) -> None:
+        self.slot, self.transaction_timeout, self.spool_threshold = slot, transaction_timeout, spool_threshold
+        weakref.finalize(self, slot.release)  # a protocol asyncio made but never connected
+        super().__init__(handler, **options)
+
+    def _create_envelope(self) -> Envelope:
+        return SpooledEnvelope()
+
+    def _current(self) -> SpooledEnvelope:
+        """The transaction's envelope (aiosmtpd makes one per session and transaction)."""
+        assert isinstance(self.envelope, SpooledEnvelope)
+        return self.envelope
+
+    def _hang_up(self, reply: bytes) -> None:
+        if isinstance(self.transport, asyncio.WriteTransport) and not self.transport.is_closing():
+            self.transport.write(reply)
+            self.transport.close()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._set_post_data_state()
+        self.slot.release()
+        super().connection_lost(error)
+
+    def _set_post_data_state(self) -> None:  # aiosmtpd: after DATA, RSET, HELO/EHLO
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        super()._set_post_data_state()
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(arg)
+        if self._current().mail_from is not None and self._expiry is None:
+            self._expiry = self.loop.call_later(self.transaction_timeout, self._transaction_expired)
+
+    def _transaction_expired(self) -> None:
+        self._expiry = None
+        log.info("refused proto=%s %s code=421 reason=transaction-timeout seconds=%s",
+                 self.proto, _who(self.session, self.envelope), self.transaction_timeout)
+        self._hang_up(b"421 4.4.2 Transaction time limit exceeded, closing connection\r\n")
+
+    async def smtp_VRFY(self, arg: str | None) -> None:  # aiosmtpd echoes a bad address undecoded
+        if not await self.check_auth_needed("VRFY"):
+            await self.push("252 2.5.0 Cannot VRFY; send the message" if arg else "501 5.5.4 Syntax: VRFY <address>")
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        """aiosmtpd's DATA, with the data going to a Spool (see spool.py for why)."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self._current()
+        if not envelope.rcpt_tos or arg:
+            await self.push("501 5.5.4 Syntax: DATA" if arg else "503 5.5.1 Error: need RCPT command")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        spool = Spool(self.spool_threshold)
+        try:
+            fault = await read_data(self._reader, spool, self.data_size_limit)
+        except BaseException:
+            spool.close()
+            raise
+        if self._expiry is not None:  # the transaction's time ends at the final dot
+            self._expiry.cancel()
+            self._expiry = None
+        if fault is not None:
+            spool.close()
+            await self.push("552 Error: Too much mail data" if fault == "too-big" else
+                            "500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()
+            return
+        envelope.spool = spool
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push(status)
 
     async def push(self, status):
         data_error = status in DATA_ERRORS
@@ -149,7 +291,7 @@ class _Precise:
             log.info("refused proto=%s %s code=552 reason=too-big", self.proto, _who(self.session, self.envelope))
             status = f"552 5.3.4 Message too big for this system (max {self.data_size_limit} bytes)"
         if self.proto == "lmtp" and data_error:
-            status = "\r\n".join([status] * max(1, len(self.envelope.rcpt_tos)))
+            status = "\r\n".join([status] * max(1, len(self._current().rcpt_tos)))
         await super().push(status)
 
     def data_received(self, data: bytes) -> None:
@@ -157,13 +299,12 @@ class _Precise:
         self._unbroken = self._unbroken + len(data) if nl < 0 else len(data) - nl - 1
         if self._unbroken > LINE_GUARD:
             log.info("refused proto=%s %s code=500 reason=line-too-long", self.proto, _who(self.session, self.envelope))
-            self.transport.write(b"500 5.5.2 Line too long, closing connection\r\n")
-            self.transport.close()
+            self._hang_up(b"500 5.5.2 Line too long, closing connection\r\n")
             return
         super().data_received(data)
 
 
-class SmtpServer(_Precise, SMTP):
+class SmtpServer(_Precise):
     proto = "smtp"
 
 
@@ -231,18 +372,33 @@ def listeners(settings: Settings, intake: Intake) -> list[Listener]:
             if not _loopback(address):
                 raise ConfigError(f"smtp.auth_require_tls = false needs a loopback address; {proto} listens on {address}")
     try:
-        tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
+        tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"smtp.tls_cert/smtp.tls_key: cannot load: {exc}") from None
     options = dict(
         data_size_limit=cfg.max_message_size, hostname=socket.getfqdn(), enable_SMTPUTF8=True,
         tls_context=tls, auth_require_tls=cfg.auth_require_tls, auth_required=cfg.auth_required,
-        authenticator=authenticator(users or {}),
+        authenticator=authenticator(users or {}), transaction_timeout=cfg.transaction_timeout,
+        spool_threshold=cfg.spool_threshold,
     )
-    router = Router(settings.mailbox)
-    return [
-        Listener(proto, address, functools.partial(
-            LmtpServer if proto == "lmtp" else SmtpServer, Handler(proto, router, intake, users is not None), **options
-        ))
-        for proto, address in wanted
-    ]
+    escape_peer_text(log, logging.getLogger("mail.log"))  # aiosmtpd's logger
+    router, slots, budget = Router(settings.mailbox), SessionSlots(cfg.max_sessions), MemoryBudget(cfg.max_data_memory)
+    out = []
+    for proto, address in wanted:
+        handler = Handler(proto, router, intake, users is not None, cfg.store_timeout, budget)
+        server = LmtpServer if proto == "lmtp" else SmtpServer
+        out.append(Listener(proto, address, _factory(proto, server, handler, slots, options)))
+    return out
+
+
+def _factory(proto: str, server: type[_Precise], handler: Handler, slots: SessionSlots,
+             options: dict[str, Any]) -> Callable[[], asyncio.Protocol]:
+    """A new session when a slot is free; otherwise a Refusal (421)."""
+
+    def make() -> asyncio.Protocol:
+        slot = slots.take()
+        if slot is None:
+            return Refusal(proto, slots.limit)
+        return server(handler, slot=slot, **options)
+
+    return make

@@ -3,16 +3,55 @@
 The admin's folder (`outbound.templates_dir`) is searched before the shipped
 templates in config/templates, so any template can be overridden by a file of
 the same name. Rendering is pure: the same variables give the same mail.
+
+Values are text, never layout: every value handed to a template has its line
+breaks and control characters flattened before the template sees it, so a
+customer's name or subject can never start a line of our mail (a display name
+"Eve\r\nBcc: x@evil.test" prints as "Eve Bcc: x@evil.test"). Only the
+variables named in MULTILINE (a customer's new text, a signature, a relay's
+error) keep their line breaks; they still lose every other control character.
+Cleaning the values rather than the output leaves an admin's filters
+(`wordwrap`, `indent`) working on the multi-line ones.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "templates"
+MULTILINE = frozenset({"text", "signature", "error"})
+# Line breaks (CR, LF, VT, FF, NEL, Unicode line and paragraph separators) and tabs,
+# then the other C0/C1 controls and DEL.
+BREAKS_RE = re.compile("[\t\n\v\f\r\x85\u2028\u2029]+")
+CONTROLS_RE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
+
+
+def one_line(value: str) -> str:
+    """A value for the middle of a line: breaks and tabs become one space, other controls go."""
+    return BREAKS_RE.sub(" ", CONTROLS_RE.sub("", value))
+
+
+def lines(value: str) -> str:
+    """Multi-line text: line ends normalised to LF, tabs kept, other controls gone."""
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    value = re.sub("[\v\f\x85\u2028\u2029]", "\n", value)
+    return CONTROLS_RE.sub("", value)
+
+
+def as_text(value: Any, multiline: bool = False) -> Any:
+    """A template variable made safe to print: strings cleaned, inside lists and dicts too."""
+    if isinstance(value, str):
+        return lines(value) if multiline else one_line(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_text(v) for v in value)
+    if isinstance(value, dict):
+        return {k: as_text(v) for k, v in value.items()}
+    return value
 
 
 class TemplateError(Exception):
@@ -40,7 +79,8 @@ class Templates:
 
     def render(self, name: str, **variables) -> Rendered:
         try:
-            text = self.env.get_template(f"{name}.txt.j2").render(**variables)
+            values = {k: as_text(v, k in MULTILINE) for k, v in variables.items()}
+            text = self.env.get_template(f"{name}.txt.j2").render(**values)
         except jinja2.TemplateNotFound:
             raise TemplateError(f"no template {name!r} (known: {', '.join(self.names())})") from None
         except jinja2.TemplateError as exc:
