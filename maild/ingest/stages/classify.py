@@ -10,10 +10,9 @@ from __future__ import annotations
 import email.message
 import re
 from dataclasses import dataclass
-from email.errors import HeaderParseError
-from email.header import decode_header
 from email.utils import collapse_rfc2231_value
 
+from maild.ingest.stages import headers
 from maild.ingest.stages.records import Bounce, Classification
 
 Message = email.message.Message
@@ -26,6 +25,7 @@ _MAX_TEXT = 64 * 1024  # bytes of any one part read as text
 class OwnMail:
     addresses: frozenset[str]  # our mailbox addresses and aliases, lowercased
     message_id_domain: str | None  # the domain part of Message-IDs we generate, e.g. "maild.acme.test"
+    names: frozenset[str] = frozenset()  # our mailboxes' display names (replies quote them)
 
 
 def classify(message: Message, sender: str | None, own: OwnMail) -> Classification:
@@ -48,13 +48,11 @@ def classify(message: Message, sender: str | None, own: OwnMail) -> Classificati
 
 
 def _decode(value: object) -> str:
-    """A header value as text: plain, RFC 2047 encoded words, or a raw 8-bit Header."""
-    try:
-        chunks = decode_header(value)  # type: ignore[arg-type]
-    except (HeaderParseError, LookupError, ValueError, TypeError):  # hostile encoded words
-        chunks = [(str(value), None)]
-    text = "".join(data if isinstance(data, str) else _bytes_text(data, charset) for data, charset in chunks)
-    return text.replace("\x00", "").strip()
+    """A header value as text: plain, RFC 2047 encoded words, or a raw 8-bit Header.
+
+    Linear and capped (headers.py): the stdlib's decoder is quadratic in the
+    number of encoded words, which a hostile Subject exploits."""
+    return headers.decode(value).replace("\x00", "").strip()
 
 
 def _bytes_text(data: bytes, charset: str | None) -> str:
@@ -86,7 +84,8 @@ def _local_part(address: str) -> str:
 
 def _parts(message: Message) -> list[Message]:
     """The message and its descendants, breadth first, not entering attached messages."""
-    found, todo = [], [message]
+    found: list[Message] = []
+    todo = [message]
     while todo and len(found) < _MAX_PARTS:
         part = todo.pop(0)
         found.append(part)
@@ -193,7 +192,8 @@ def _returned_id(message: Message, parts: list[Message]) -> str | None:
             mid = mid or _embedded_id("\n".join(_text(p) for p in _parts(attached)))
         elif kind == "message/delivery-status" and isinstance(payload, list):
             # a lost boundary leaves the returned headers as one more field block
-            mid = next((_message_id(_header(b, "Message-ID")) for b in payload[1:] if b.get("Message-ID")), None)
+            blocks = [b for b in payload[1:] if isinstance(b, Message) and b.get("Message-ID")]
+            mid = next((_message_id(_header(b, "Message-ID")) for b in blocks), None)
         elif part.get_content_maintype() in ("multipart", "message") and isinstance(payload, str):
             marker = _RETURNED_MARKER.search(payload[:_MAX_TEXT])  # a lost boundary: read the raw text
             mid = _embedded_id(payload[marker.end() : _MAX_TEXT]) if marker else None
@@ -276,8 +276,8 @@ def _non_delivery(message: Message, parts: list[Message], sender: str) -> Bounce
     failed = [a.strip().lower() for v in _headers(message, "X-Failed-Recipients") for a in v.split(",")]
     machine = _DAEMON.match(_local_part(sender)) or _DAEMON_NAME.search(_header(message, "From"))
     null = not sender or re.fullmatch(r"<\s*>", _header(message, "Return-Path"))
-    subject = _header(message, "Subject")
-    subject = _BOUNCE_SUBJECT.search(subject) and not _FORWARDED.match(subject)
+    subject_text = _header(message, "Subject")
+    subject = bool(_BOUNCE_SUBJECT.search(subject_text)) and not _FORWARDED.match(subject_text)
     noreply = _NOREPLY.match(_local_part(sender)) or message.get("x-amz-sns-message-id") is not None
     if not (failed or machine or subject or null or noreply):
         return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import email.message
 import logging
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from mailparser.dates import parse_mail_date
@@ -61,27 +62,33 @@ def _date(msg: email.message.Message, defects: list[str]) -> datetime | None:
     return result.value
 
 
-def _body_texts(body: Body, defects: list[str]) -> tuple[str, str, str | None]:
+def _body_texts(body: Body, defects: list[str], own: tuple[str, ...]) -> tuple[str, str, str | None]:
     """(text, new text, html): plain parts when there are any, else the HTML converted."""
     plain = body.plain or body.tnef_plain
     html_parts = body.html or ([] if plain else body.tnef_html)
     html = "\n".join(html_parts) if html_parts else None
     if plain:
         text = "\n".join(plain).replace("\r\n", "\n")[:MAX_TEXT]
-        return text, strip_quotes(text) if text.strip() else "", html
+        return text, strip_quotes(text, own) if text.strip() else "", html
     if html is None:
         return "", "", None
     text, unquoted = html_texts(html, defects)
     text = text.replace("\r\n", "\n")[:MAX_TEXT]
     if not text.strip():
         return text, "", html
-    fresh = strip_quotes(unquoted) if unquoted and unquoted.strip() else ""
-    return text, fresh or strip_quotes(text), html
+    fresh = strip_quotes(unquoted, own) if unquoted and unquoted.strip() else ""
+    return text, fresh or strip_quotes(text, own), html
 
 
-def parse(raw: bytes, envelope_to: tuple[str, ...] = (), envelope_from: str | None = None) -> ParsedMessage:
+def parse(
+    raw: bytes,
+    envelope_to: tuple[str, ...] = (),
+    envelope_from: str | None = None,
+    own_names: Iterable[str] = (),
+) -> ParsedMessage:
     """Read one message. envelope_from is the SMTP MAIL FROM where the transport kept it:
-    the last place a sender is looked for when the headers name none."""
+    the last place a sender is looked for when the headers name none. own_names (our
+    mailbox addresses and display names) mark reply attributions that quote us."""
     try:
         msg = email.message_from_bytes(raw)
     except RecursionError:
@@ -96,7 +103,7 @@ def parse(raw: bytes, envelope_to: tuple[str, ...] = (), envelope_from: str | No
     body = Body()
     body.walk(msg)
     defects += body.defects
-    text, fresh, html = _body_texts(body, defects)
+    text, fresh, html = _body_texts(body, defects, tuple(own_names))
     return ParsedMessage(
         message_id=next(iter(message_ids(msg.get("Message-ID", ""))), None),
         in_reply_to=message_ids(msg.get("In-Reply-To", "")),

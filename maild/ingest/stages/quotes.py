@@ -10,6 +10,7 @@ body, and never let a pattern look at more than a bounded slice of a line
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 _SCAN = 400  # characters of a line that any pattern looks at
 _HEADER_MAX = 500  # a reply header, joined over up to three lines, is shorter
@@ -99,15 +100,20 @@ _DIGIT = re.compile(r"\d")
 _SENTENCE_END = (".", "!", "?")
 
 
-def new_text(text: str) -> str:
-    """The new text of a plain-text mail body: without quoted history and without the sender's signature. When stripping would leave nothing, return the full text (stripped of surrounding whitespace)."""
+def new_text(text: str, own_names: Iterable[str] = ()) -> str:
+    """The new text of a plain-text mail body: without quoted history and without the sender's signature. When stripping would leave nothing, return the full text (stripped of surrounding whitespace).
+
+    own_names: our mailboxes' addresses and display names; an attribution that
+    names one ("On Sun, ACME Support wrote:") needs no date or address to count.
+    """
     lines = _LINE_BREAK.split(text)
-    kept = _new_lines(lines)
+    own = tuple(n.strip().lower() for n in own_names if len(n.strip()) >= 3)
+    kept = _new_lines(lines, own)
     result = "\n".join(lines[i] for i in kept).strip()
     return result or text.strip()
 
 
-def _new_lines(lines: list[str]) -> list[int]:
+def _new_lines(lines: list[str], own: tuple[str, ...] = ()) -> list[int]:
     """Indexes of the lines that belong to the new text, in order."""
     kept: list[int] = []
     dropped = False  # a quote was dropped since the last kept non-blank line
@@ -119,7 +125,7 @@ def _new_lines(lines: list[str]) -> list[int]:
         if block or _ends_new_text(line):
             _cut(kept, lines, i, labels=block)
             return kept
-        start = _reply_header_start(lines, i)
+        start = _reply_header_start(lines, i, own)
         if start is not None:
             if not _quote_follows(lines, i + 1):
                 _cut(kept, lines, start, labels=False)
@@ -203,7 +209,7 @@ def _quote_follows(lines: list[str], j: int) -> bool:
     return False
 
 
-def _reply_header_start(lines: list[str], end: int) -> int | None:
+def _reply_header_start(lines: list[str], end: int, own: tuple[str, ...] = ()) -> int | None:
     """First line of a reply header ending at line end (which may wrap), or None."""
     tail = lines[end][-_SCAN:].rstrip()
     if not tail.endswith((":", "\uff1a", "--")) and not tail.lower().endswith("wrote"):
@@ -217,7 +223,7 @@ def _reply_header_start(lines: list[str], end: int) -> int | None:
         text = " ".join(line.strip() for line in window)
         if len(text) > _HEADER_MAX:
             return None
-        if _looks_like_reply_header(text):
+        if _looks_like_reply_header(text, own):
             return _extend_header(lines, start, end)
     return None
 
@@ -245,7 +251,7 @@ def _extend_header(lines: list[str], start: int, end: int) -> int:
     return start
 
 
-def _looks_like_reply_header(text: str) -> bool:
+def _looks_like_reply_header(text: str, own: tuple[str, ...] = ()) -> bool:
     """Whether text (one header, joined over its lines) introduces a quote."""
     text = text.lstrip("-\u2013\u2014> \t")
     has_at = "@" in text
@@ -256,7 +262,7 @@ def _looks_like_reply_header(text: str) -> bool:
     if verb is not None:  # "... wrote:", "... a écrit :", "... napisał(a):"
         if verb.group("end") is None:  # a bare "wrote" needs an address
             return has_at
-        return has_at or has_clock or (opener and has_digit)
+        return has_at or has_clock or (opener and has_digit) or _names_own(text, own)
     if not text.endswith((":", "\uff1a")) or not has_digit:
         return False
     if _VERB_IN_MIDDLE.search(text):  # "Am <date> schrieb <name>:"
@@ -265,3 +271,11 @@ def _looks_like_reply_header(text: str) -> bool:
     if not has_at or _DATE_OR_TIME.search(text) is None:
         return False
     return _ADDRESS_COLON.search(text[-120:]) is not None
+
+
+def _names_own(text: str, own: tuple[str, ...]) -> bool:
+    """Whether a header names one of our own mailboxes or their display names."""
+    if not own:
+        return False
+    lowered = text.lower()
+    return any(name in lowered for name in own)
