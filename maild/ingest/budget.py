@@ -43,12 +43,12 @@ def describe(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
 
-def prepare(data: bytes, envelope_to: tuple[str, ...], own: OwnMail) -> Prepared:
+def prepare(data: bytes, envelope_to: tuple[str, ...], own: OwnMail, envelope_from: str | None = None) -> Prepared:
     """parse, then classify. Pure; a failure is caught here only to carry it back
     across the process boundary. Running out of memory is the budget's to report."""
     stage = "parse"
     try:
-        msg = parse(data, envelope_to)
+        msg = parse(data, envelope_to, envelope_from, own.addresses | own.names)
         if msg.message is None:
             return Prepared(None, None, stage, "the parser gave no MIME tree")
         stage = "classify"
@@ -75,11 +75,13 @@ def _limit_memory(extra: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (wanted, hard))
 
 
-def _prepare_limited(data: bytes, envelope_to: tuple[str, ...], own: OwnMail, memory: int) -> Prepared:
+def _prepare_limited(
+    data: bytes, envelope_to: tuple[str, ...], own: OwnMail, memory: int, envelope_from: str | None = None
+) -> Prepared:
     """One message in a worker: the memory budget, then parse and classify."""
     _limit_memory(memory)
     try:
-        return prepare(data, envelope_to, own)
+        return prepare(data, envelope_to, own, envelope_from)
     except MemoryError:
         return Prepared(None, None, "parse", f"too-large: over {memory} bytes of memory")
 
@@ -109,9 +111,9 @@ class Budget:
                 self._pool = ProcessPool(self.workers, max_tasks=RECYCLE_AFTER, context=_context())
             return self._pool
 
-    def submit(self, data: bytes, envelope_to: tuple[str, ...]) -> Future:
+    def submit(self, data: bytes, envelope_to: tuple[str, ...], envelope_from: str | None = None) -> Future:
         return self._started().schedule(
-            _prepare_limited, args=(data, envelope_to, self.own, self.memory), timeout=self.seconds
+            _prepare_limited, args=(data, envelope_to, self.own, self.memory, envelope_from), timeout=self.seconds
         )
 
     def result(self, future: Future) -> Prepared:
@@ -123,8 +125,8 @@ class Budget:
         except ProcessExpired as exc:  # killed from outside (the kernel's OOM killer) or crashed
             return Prepared(None, None, "parse", f"too-large: the parser's process died (exit code {exc.exitcode})")
 
-    def prepare(self, data: bytes, envelope_to: tuple[str, ...]) -> Prepared:
-        return self.result(self.submit(data, envelope_to))
+    def prepare(self, data: bytes, envelope_to: tuple[str, ...], envelope_from: str | None = None) -> Prepared:
+        return self.result(self.submit(data, envelope_to, envelope_from))
 
     def close(self) -> None:
         with self._lock:

@@ -38,6 +38,8 @@ log = logging.getLogger("maild.ingest")
 
 STAGES = ("parse", "classify", "identify", "thread", "store", "emit")
 
+BATCH_BYTES = 64 * 1024 * 1024  # message bytes per batch: two batches are in memory, one parsing, one storing
+
 # A hook sees each stored message inside its transaction (outbox rows written
 # there commit together with the interaction).
 Hook = Callable[[Session, Stored], None]
@@ -101,7 +103,8 @@ class Pipeline:
         own = settings.own_addresses
         self.rules = AddressRules(settings.ingest.fold_plus_addresses, settings.ingest.case_sensitive_local_part)
         self.own = own
-        self.own_mail = OwnMail(addresses=own, message_id_domain=settings.message_id_domain)
+        names = frozenset(m.display_name for m in settings.mailbox if m.display_name)
+        self.own_mail = OwnMail(addresses=own, message_id_domain=settings.message_id_domain, names=names)
         # The caller's process stores while `workers - 1` others parse (at least one:
         # parsing always runs where an over-budget message can be stopped).
         cfg = settings.ingest
@@ -145,19 +148,19 @@ class Pipeline:
         log.warning("quarantined raw=%s stage=%s error=%s", raw_id, stage, detail[:300])
         return Outcome(raw_id, "quarantined", stage=stage, error=detail)
 
-    def prepare_ahead(self, jobs: Iterable[tuple[int, bytes, tuple[str, ...]]]) -> Ahead:
-        """Start parse and classify of (raw id, bytes, envelope recipients) in the workers,
-        each under its budget, so they run while earlier mail is stored."""
+    def prepare_ahead(self, jobs: Iterable[tuple]) -> Ahead:
+        """Start parse and classify of (raw id, bytes, envelope recipients[, envelope sender])
+        in the workers, each under its budget, so they run while earlier mail is stored."""
         ahead = Ahead(self.budget)
-        for raw_id, data, envelope_to in jobs:
-            ahead.put(raw_id, self.budget.submit(data, envelope_to))
+        for raw_id, data, envelope_to, *envelope_from in jobs:
+            ahead.put(raw_id, self.budget.submit(data, envelope_to, *envelope_from))
         return ahead
 
     def prepare_pending(self, raw_ids: Iterable[int]) -> Ahead:
         """prepare_ahead for stored messages, read from the database (those still pending)."""
         with self.sessions() as session:
             rows = self._pending(session, list(raw_ids), data=True)
-            return self.prepare_ahead((r.id, r.data, tuple(r.envelope_to or ())) for r in rows)
+            return self.prepare_ahead((r.id, r.data, tuple(r.envelope_to or ()), r.envelope_from) for r in rows)
 
     def process(self, raw_ids: Iterable[int], ahead: Ahead | None = None) -> list[Outcome]:
         """Run pending messages through the stages, one transaction for the batch.
@@ -190,7 +193,7 @@ class Pipeline:
         """The still-pending rows among raw_ids (id, mailbox, source, envelope_to, and
         data if asked), locked against another processor (PostgreSQL)."""
         t = RawMessage.__table__
-        columns = [t.c.id, t.c.mailbox, t.c.source, t.c.envelope_to] + ([t.c.data] if data else [])
+        columns = [t.c.id, t.c.mailbox, t.c.source, t.c.envelope_to, t.c.envelope_from] + ([t.c.data] if data else [])
         q = select(*columns).where(t.c.id.in_(raw_ids), t.c.state == "pending").order_by(t.c.id)
         return list(session.connection().execute(q.with_for_update(skip_locked=True)))
 
@@ -199,7 +202,7 @@ class Pipeline:
         data = session.connection().scalar(select(RawMessage.data).where(RawMessage.id == raw.id))
         if data is None:
             return Prepared(None, None, "parse", "the stored message has no bytes")
-        return self.budget.prepare(data, tuple(raw.envelope_to or ()))
+        return self.budget.prepare(data, tuple(raw.envelope_to or ()), raw.envelope_from)
 
     def _prefetch(self, lookup: DbLookup, preps: list[Prepared]) -> None:
         keys: list[str] = []
@@ -243,12 +246,20 @@ class Pipeline:
     def close(self) -> None:
         self.budget.close()
 
-    def pending_ids(self, limit: int, after: int = 0) -> list[int]:
-        """The oldest pending messages, from past raw id `after`."""
-        query = (select(RawMessage.id).where(RawMessage.state == "pending", RawMessage.id > after)
+    def pending_ids(self, limit: int, after: int = 0, max_bytes: int = BATCH_BYTES) -> list[int]:
+        """The oldest pending messages past raw id `after`: at most `limit`, and fewer
+        when they add up to more than max_bytes (at least one)."""
+        query = (select(RawMessage.id, RawMessage.size).where(RawMessage.state == "pending", RawMessage.id > after)
                  .order_by(RawMessage.id).limit(limit))
+        ids: list[int] = []
+        held = 0
         with self.sessions() as session:
-            return list(session.scalars(query))
+            for raw_id, size in session.execute(query):
+                held += size
+                if ids and held > max_bytes:
+                    break
+                ids.append(raw_id)
+        return ids
 
     def drain(self, batch: int = 100) -> DrainReport:
         """Process every pending message (finite: for tests, the CLI and the daemon's worker)."""
