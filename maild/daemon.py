@@ -32,7 +32,7 @@ from maild.db import is_transient
 from maild.ingest import smtp
 from maild.ingest.imap.poller import imap_services
 from maild.ingest.intake import Accepted, Incoming, accept, accept_many
-from maild.ingest.pipeline import Pipeline
+from maild.ingest.pipeline import Ahead, Pipeline
 from maild.models import RawMessage
 from maild.scheduler import Job, Scheduler
 from maild.writegate import WriteGate
@@ -128,6 +128,13 @@ class Intake:
         for (_, done), accepted in zip(batch, results):
             done.set_result(accepted)
 
+    def arrived(self, accepted: Sequence[Accepted]) -> None:
+        """Mail stored by another path in this process (IMAP): the drain worker takes it."""
+        fresh = sum(not a.duplicate for a in accepted)
+        with self._lock:
+            self.pending += fresh
+        self.wake.set()
+
     def processed(self, n: int) -> None:
         with self._lock:
             self.pending = max(0, self.pending - n)
@@ -141,7 +148,7 @@ class Intake:
         query = select(func.count()).select_from(RawMessage).where(RawMessage.state == "pending")
         try:
             with self.sessions() as session, self._lock:
-                self.pending = session.scalar(query)
+                self.pending = session.scalar(query) or 0
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -169,16 +176,23 @@ class Intake:
 
 
 class DrainWorker:
-    """Processes pending messages in small batches, one short transaction each.
+    """Processes pending messages in batches, one short transaction each.
 
     Leftovers from a previous run are processed at start; stores go first (see
     WriteGate); a database that is locked or down pauses it, mail stays pending.
+    Parsing never holds the gate: each batch is parsed (in worker processes,
+    under the per-message budget) before the gate is taken, and the next batch
+    is parsed while this one is stored. A batch is `batch` messages when little
+    waits, growing with the backlog up to `max_batch` so a burst is worked off
+    in fewer, larger transactions.
     """
 
     name = "drain"
 
-    def __init__(self, pipeline: Pipeline, intake: Intake, batch: int, interval: float) -> None:
+    def __init__(self, pipeline: Pipeline, intake: Intake, batch: int, interval: float,
+                 max_batch: int | None = None) -> None:
         self.pipeline, self.intake, self.batch, self.interval = pipeline, intake, batch, interval
+        self.max_batch = max(batch, max_batch or batch)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -186,6 +200,8 @@ class DrainWorker:
             try:
                 self.drain(stop)
             except Exception as exc:
+                if stop.is_set():
+                    return  # stopping: parsing was abandoned, the mail stays pending
                 if is_transient(exc):
                     log.warning("drain paused: database unavailable: %s", first_line(exc))
                 else:
@@ -194,14 +210,27 @@ class DrainWorker:
                 continue
             self.intake.wake.wait(self.interval)
 
+    def size(self) -> int:
+        """The next batch's size: the idle size, or the backlog up to max_batch."""
+        return min(self.max_batch, max(self.batch, self.intake.pending))
+
+    def _start(self, after: int) -> tuple[list[int], Ahead] | None:
+        ids = self.pipeline.pending_ids(self.size(), after)
+        return (ids, self.pipeline.prepare_pending(ids)) if ids else None
+
     def drain(self, stop: threading.Event) -> None:
-        while not stop.is_set():
-            ids = self.pipeline.pending_ids(self.batch)
-            if not ids:
-                return
+        """Until nothing is pending (or nothing more can be done now)."""
+        current = self._start(0)
+        while current is not None and not stop.is_set():
+            ids, ahead = current
+            ahead.wait()  # parsed, or over budget: outside the gate
+            upcoming = self._start(ids[-1])
             with self.intake.gate.process(self.intake.urgent):
-                outcomes = self.pipeline.process(ids)
+                outcomes = self.pipeline.process(ids, ahead)
             self.intake.processed(len(outcomes))
+            if upcoming is None and outcomes:
+                upcoming = self._start(0)  # mail retried or stored meanwhile below the last id
+            current = upcoming
 
 
 def intake_engine(url: str, timeout: float) -> Engine:
@@ -271,7 +300,7 @@ class Daemon:
         if self.on_hup is None:
             log.warning("SIGHUP ignored: maild applies its config only at start")
         else:
-            self._loop.run_in_executor(None, self.on_hup)
+            asyncio.get_running_loop().run_in_executor(None, self.on_hup)
 
     def stop(self) -> None:
         """Ask the daemon to stop; safe from any thread."""
@@ -322,7 +351,7 @@ class Daemon:
             if transport is not None and not transport.is_closing():
                 transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
                 transport.close()
-        await self._loop.run_in_executor(None, self._stop_threads, threads, scheduler, grace)
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_threads, threads, scheduler, grace)
         log.info("stopped")
 
     def _stop_threads(self, threads: list[threading.Thread], scheduler: Scheduler, grace: float) -> None:
@@ -340,7 +369,7 @@ class Daemon:
 
 def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, app: App | None = None) -> Daemon:
     """The daemon's composition root, on top of app.build()."""
-    app = app or build(settings)
+    app = app or build(settings, workers=os.cpu_count() or 1)  # parse in worker processes
     engine = intake_engine(settings.database.url, settings.smtp.store_timeout)
     gate = WriteGate(exclusive=engine.dialect.name == "sqlite")
     intake = Intake(db.session_factory(engine), settings.smtp.max_backlog, gate)
@@ -351,8 +380,8 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
         Job("outbox", settings.outbound.send_interval, app.sender.run_once),
     ]
     services: list[Service] = [
-        DrainWorker(app.pipeline, intake, cfg.drain_batch, cfg.drain_interval),
-        *imap_services(app),
+        DrainWorker(app.pipeline, intake, cfg.drain_batch, cfg.drain_interval, cfg.max_drain_batch),
+        *imap_services(app, on_stored=intake.arrived),
     ]
     return Daemon(settings, intake, smtp.listeners(settings, intake), jobs, services, on_hup,
                   closers=[app.close, engine.dispose])

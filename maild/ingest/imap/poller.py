@@ -5,9 +5,13 @@ mark (BODY.PEEK[], so \\Seen is never set), commits the bytes with accept_many,
 advances the mark, runs the pipeline, and only then moves the messages to the
 processed folder (or, with keep_on_server, leaves them be). Mail that was in the
 folder when maild first looked at it is a backlog, stored like `maild import`
-(no acknowledgements); what arrives after is live. It must never move, flag or
-delete a message before its bytes are committed, and never trust \\Seen or
-any other flag: other mail clients change them.
+(no acknowledgements); what arrives after is live. A message is stored under
+the mailbox the SMTP edge would choose (the first, in config order, among this
+mailbox and its To/Cc), so a copy that also came by SMTP is the same message.
+Stored mail still pending that a pass meets again (fetched again, or left in
+the folder by a pass that failed) is processed, never stranded. It must never
+move, flag or delete a message before its bytes are committed, and never
+trust \\Seen or any other flag: other mail clients change them.
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
-from collections.abc import Iterator
 
 from imapclient import DELETED, IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -28,7 +32,8 @@ from imapclient.exceptions import IMAPClientError
 from maild.config import MailboxConfig
 from maild.ingest.imap.client import ImapSetupError, drop, explain, open_client
 from maild.ingest.imap.state import Frontier, Mark, load_mark, save_mark
-from maild.ingest.intake import Incoming, accept_many
+from maild.ingest.intake import Accepted, Incoming, accept_many
+from maild.ingest.smtp import Router
 
 log = logging.getLogger("maild.imap")
 
@@ -68,7 +73,8 @@ def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
 
 def _parts(uids: list[int], sizes: dict[int, int], count: int, limit: int) -> Iterator[list[int]]:
     """Runs of at most `count` UIDs and `limit` bytes (at least one message each)."""
-    part, held = [], 0
+    part: list[int] = []
+    held = 0
     for uid in uids:
         if part and (len(part) == count or held + sizes[uid] > limit):
             yield part
@@ -142,7 +148,9 @@ class FolderLink:
         uids = sorted(int(u) for u in found)
         leftover = [u for u in uids if u <= last]
         if leftover and not self.cfg.keep_on_server:
-            # At or below the mark means committed already: a move that failed last time.
+            # At or below the mark means committed already: a pass that failed after its
+            # store. What it stored may still be pending: processed before it is moved on.
+            self.service.met_again()
             report.moved += self._move(leftover)
         self._take_all([u for u in uids if u > last], report, stop)
         return report
@@ -217,8 +225,7 @@ class FolderLink:
         fetched = self.client.fetch(part, ["BODY.PEEK[]"])
         got = [u for u in part if b"BODY[]" in fetched.get(u, {})]  # others were expunged meanwhile
         backlog = self.mark.backlog_below
-        items = [Incoming(fetched[u][b"BODY[]"], self.service.name, "import" if u < backlog else "imap")
-                 for u in got]
+        items = [self.service.incoming(fetched[u][b"BODY[]"], "import" if u < backlog else "imap") for u in got]
         return got, items
 
     def _store(self, items: list[Incoming], last: int, report: PassReport) -> None:
@@ -228,7 +235,7 @@ class FolderLink:
         report.stored += sum(not a.duplicate for a in accepted)
         report.duplicates += sum(a.duplicate for a in accepted)
         try:
-            self.service.pipeline.process([a.raw_id for a in accepted])
+            self.service.stored(accepted)
         except Exception as exc:
             log.warning("%s: %d message(s) stored, processing deferred: %s", self._label, len(accepted),
                         explain(exc, self.cfg))
@@ -251,9 +258,11 @@ class FolderLink:
             self._transfer(uids, self.cfg.oversize_folder)
 
     def _move(self, uids: list[int]) -> int:
-        if uids:
-            self._ensure_folder(self.cfg.processed_folder)
-            self._transfer(uids, self.cfg.processed_folder)
+        folder = self.cfg.processed_folder
+        if not uids or folder is None:  # no processed folder: stored mail stays where it is
+            return 0
+        self._ensure_folder(folder)
+        self._transfer(uids, folder)
         return len(uids)
 
     def _transfer(self, uids: list[int], folder: str) -> None:
@@ -332,16 +341,41 @@ class ImapService:
     """One mailbox's IMAP intake: a single pass (`poll_once`) or a loop (`run`)."""
 
     def __init__(self, app, mailbox: MailboxConfig, *, batch_size: int = BATCH_SIZE,
-                 backoff: tuple[float, float] = BACKOFF) -> None:
+                 backoff: tuple[float, float] = BACKOFF,
+                 on_stored: Callable[[list[Accepted]], None] | None = None) -> None:
+        """on_stored: who processes what a pass stored (the daemon: its drain worker);
+        by default the pass processes it itself."""
         if mailbox.imap is None:
             raise ImapSetupError(f"mailbox {mailbox.name!r} has no [mailbox.imap] table")
         self.name = mailbox.name
+        self.address = mailbox.address
         self.cfg = mailbox.imap
         self.sessions = app.sessions
         self.pipeline = app.pipeline
+        self.router = Router(app.settings.mailbox)
         self.max_size = app.settings.ingest.max_message_size
         self.batch_size = batch_size
         self.backoff = backoff
+        self.on_stored = on_stored
+
+    def incoming(self, data: bytes, source: str) -> Incoming:
+        """A fetched message for the intake, under the mailbox the routing rule chooses."""
+        chosen = self.router.choose(data, (self.address,))
+        return Incoming(data, chosen, source, delivered_to=self.name)
+
+    def stored(self, accepted: list[Accepted]) -> None:
+        """Process a batch just committed, including copies stored earlier and still pending."""
+        if self.on_stored is not None:
+            self.on_stored(accepted)
+        else:
+            self.pipeline.process([a.raw_id for a in accepted])
+
+    def met_again(self) -> None:
+        """Mail a failed pass committed but did not process: process whatever is pending."""
+        if self.on_stored is not None:
+            self.on_stored([])
+        else:
+            self.pipeline.drain()
 
     @contextmanager
     def connect(self) -> Iterator[FolderLink]:
@@ -388,6 +422,6 @@ class ImapService:
                 stop.wait(delay)
 
 
-def imap_services(app) -> list[ImapService]:
+def imap_services(app, on_stored: Callable[[list[Accepted]], None] | None = None) -> list[ImapService]:
     """One service per mailbox with an [mailbox.imap] table, for the daemon and `maild poll`."""
-    return [ImapService(app, m) for m in app.settings.mailbox if m.imap is not None]
+    return [ImapService(app, m, on_stored=on_stored) for m in app.settings.mailbox if m.imap is not None]
