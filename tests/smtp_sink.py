@@ -1,11 +1,14 @@
 """A real SMTP sink for the outbound tests, run as a separate process.
 
-    python tests/smtp_sink.py --port P --dir D [--reject ADDR ...] [--hold DIR]
+    python tests/smtp_sink.py --port P --dir D [--reject ADDR ...] [--hold DIR] [--delay S]
 
-Each accepted message is written to D as <n>.eml (fsync'd) with its envelope
-in <n>.env. --reject answers 550 at RCPT for that address. --hold makes the
-first DATA wait: it creates HOLD/got, then waits until HOLD/release exists
-before answering 250.
+Each accepted message is written to D as <n>.eml with its envelope in <n>.env.
+Both are written under temporary names, fsync'd, and renamed, the .eml last,
+so a reader that sees <n>.eml finds <n>.env complete beside it. --reject
+answers 550 at RCPT for that address. --hold makes the first DATA wait: it
+creates HOLD/got, then waits until HOLD/release exists before answering 250.
+--delay makes every DATA take S seconds (a slow relay; connections are still
+served concurrently).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from aiosmtpd.controller import Controller
 
 
 class Sink:
-    def __init__(self, folder: Path, reject: set[str], hold: Path | None) -> None:
-        self.folder, self.reject, self.hold = folder, reject, hold
+    def __init__(self, folder: Path, reject: set[str], hold: Path | None, delay: float = 0.0) -> None:
+        self.folder, self.reject, self.hold, self.delay = folder, reject, hold, delay
         self.count = len(list(folder.glob("*.eml")))
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
@@ -38,16 +41,22 @@ class Sink:
             (hold / "got").touch()
             while not (hold / "release").exists():
                 await asyncio.sleep(0.02)
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self.count += 1
-        path = self.folder / f"{self.count:05d}.eml"
-        with open(path, "wb") as fh:
-            fh.write(envelope.original_content)
+        name = f"{self.count:05d}"
+        envelope_json = json.dumps({"from": envelope.mail_from, "to": envelope.rcpt_tos}).encode()
+        self._write(f"{name}.env", envelope_json)
+        self._write(f"{name}.eml", envelope.original_content)  # last: its name says both are there
+        return "250 2.0.0 stored"
+
+    def _write(self, name: str, data: bytes) -> None:
+        tmp = self.folder / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        (self.folder / f"{self.count:05d}.env").write_text(
-            json.dumps({"from": envelope.mail_from, "to": envelope.rcpt_tos})
-        )
-        return "250 2.0.0 stored"
+        os.rename(tmp, self.folder / name)
 
 
 def main() -> None:
@@ -56,9 +65,10 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, required=True)
     ap.add_argument("--reject", action="append", default=[])
     ap.add_argument("--hold", type=Path)
+    ap.add_argument("--delay", type=float, default=0.0)
     args = ap.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
-    sink = Sink(args.dir, {a.lower() for a in args.reject}, args.hold)
+    sink = Sink(args.dir, {a.lower() for a in args.reject}, args.hold, args.delay)
     controller = Controller(sink, hostname="127.0.0.1", port=args.port)
     controller.start()
     (args.dir / "ready").touch()
