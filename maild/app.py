@@ -65,5 +65,5 @@ def build(settings: Settings, *, secret_required: bool = False, workers: int = 1
     templates = Templates(settings.templates_dir)
     notifier = Notifier(settings, signer, templates)
     pipeline = Pipeline(settings, sessions, signer, hooks=[notifier], workers=workers)
-    sender = Sender(settings, sessions, on_failure=notifier.delivery_failed)
+    sender = Sender(settings, sessions, hooks=notifier)
     return App(settings, engine, sessions, signer, pipeline, templates, notifier, sender)

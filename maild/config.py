@@ -93,8 +93,24 @@ class DaemonConfig(_Strict):
     shutdown_grace: float = Field(default=10.0, gt=0)  # seconds SIGTERM waits for stores and the batch in hand
 
 
+LOCAL_RELAYS = ("maildir:", "mbox:")
+
+
+def _check_relay(value: str) -> str:
+    """host:port, or maildir:PATH / mbox:PATH (a local folder or file instead of a relay)."""
+    if value.startswith(LOCAL_RELAYS):
+        if not value.partition(":")[2].strip():
+            raise ValueError(f"{value!r} names no path")
+        return value
+    try:
+        return _check_hostport(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not host:port, maildir:PATH or mbox:PATH") from None
+
+
 class OutboundConfig(_Strict):
-    relay: str = "127.0.0.1:25"
+    relay: str = "127.0.0.1:25"  # or maildir:PATH / mbox:PATH, relative to the working directory
+    connections: int = Field(default=4, gt=0, le=64)  # relay conversations the sender holds in parallel
     starttls: bool = False
     user_env: str | None = None
     password_env: str | None = None
@@ -104,12 +120,12 @@ class OutboundConfig(_Strict):
     retry_base: float = Field(default=60.0, gt=0)  # first retry after a 4xx; doubles each time
     retry_max: float = Field(default=3600.0, gt=0)  # longest wait between two attempts
     deadline_hours: float = Field(default=48.0, gt=0)  # give up (failed) after this long
-    sending_timeout: float = Field(default=300.0, gt=0)  # a "sending" row older than this is resent once
+    sending_timeout: float = Field(default=300.0, gt=0)  # a sender's lease on the rows it holds; renewed while it works
     max_auto_per_recipient: int = Field(default=10, ge=0)  # automatic mails per address per 24 h
     failing_days: float = Field(default=7.0, ge=0)  # no automatic mail to a bounced address for this long
     templates_dir: str = "templates"  # admin overrides, relative to the config file's folder
 
-    _relay = field_validator("relay")(_check_hostport)
+    _relay = field_validator("relay")(_check_relay)
     _env = field_validator("user_env", "password_env")(_check_env_name)
 
 
@@ -256,7 +272,8 @@ class Settings(_Strict):
         if dup:
             raise ValueError(f"a mailbox address or alias is configured twice: {sorted(dup)}")
         rep_emails = {r.email.lower() for r in self.rep}
-        for owner in (*self.mailbox, *self.category):
+        owners: tuple[MailboxConfig | CategoryConfig, ...] = (*self.mailbox, *self.category)
+        for owner in owners:
             unknown = [e for e in owner.reps if e.lower() not in rep_emails]
             if unknown:
                 raise ValueError(f"{owner.name!r} lists reps that no [[rep]] defines: {unknown}")
@@ -272,7 +289,7 @@ class Settings(_Strict):
         for m in self.mailbox:
             if m.name == name:
                 return m
-        raise ConfigError(f"no mailbox named {name!r} (configured: {', '.join(m.name for m in self.mailbox)})")
+        raise ConfigError(f"mailbox: no mailbox named {name!r} (configured: {', '.join(m.name for m in self.mailbox)})")
 
     @property
     def own_addresses(self) -> frozenset[str]:

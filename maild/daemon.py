@@ -34,6 +34,7 @@ from maild.ingest.imap.poller import imap_services
 from maild.ingest.intake import Accepted, Incoming, accept, accept_many
 from maild.ingest.pipeline import Ahead, Pipeline
 from maild.models import RawMessage
+from maild.outbound.outbox import wake_on_queued
 from maild.scheduler import Job, Scheduler
 from maild.writegate import WriteGate
 
@@ -377,9 +378,11 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
     # Periodic jobs and long-running services: add the daemon's other parts here.
     jobs: list[Job] = [
         Job("backlog", cfg.drain_interval, intake.recount),
-        Job("outbox", settings.outbound.send_interval, app.sender.run_once),
     ]
+    # The outbox sender runs every outbound.send_interval, and at once when a commit queued mail.
+    wake_on_queued(app.sessions, app.sender.wake.set)
     services: list[Service] = [
+        app.sender,
         DrainWorker(app.pipeline, intake, cfg.drain_batch, cfg.drain_interval, cfg.max_drain_batch),
         *imap_services(app, on_stored=intake.arrived),
     ]

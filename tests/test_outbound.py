@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import json
+import mailbox
 import os
 import signal
 import socket
@@ -21,9 +22,12 @@ from sqlalchemy import func, select
 
 from maild.app import build
 from maild.config import load
-from maild.models import Interaction, Issue, OutboxMessage, utcnow
+from maild.daemon import build_daemon
+from maild.models import Customer, CustomerAddress, Interaction, Issue, OutboxMessage, utcnow
 from maild.outbound.compose import Outgoing, compose, one_line
+from maild.outbound.outbox import enqueue
 from conftest import REPO, SECRET, run_maild, write_config
+from daemon_helpers import InProcess, daemon_config, message, smtp_client
 from test_pipeline import ingest, mail
 
 
@@ -56,9 +60,10 @@ class SinkProcess:
             self.proc.wait(10)
 
     def messages(self) -> list[tuple[dict, email.message.EmailMessage]]:
+        """Every message the sink answered 250 for; the sink renames <n>.eml into place after <n>.env."""
         out = []
-        for path in sorted(self.folder.glob("*.eml")):
-            env = json.loads(path.with_suffix(".env").read_text())
+        for path in sorted(self.folder.glob("[0-9]*.eml")):
+            env = json.loads(path.with_suffix(".env").read_bytes())
             out.append((env, email.message_from_bytes(path.read_bytes(), policy=policy.default)))
         return out
 
@@ -71,12 +76,17 @@ def relay(tmp_path):
     sink.stop()
 
 
+def outbound(relay: str, **keys) -> str:
+    """The [outbound] table of the tests' configs, with these keys changed."""
+    values = {"relay": relay, "retry_base": 1.0, "sending_timeout": 5.0, "max_auto_per_recipient": 3,
+              "timeout": 10.0} | keys
+    return "[outbound]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+
+
 @pytest.fixture
 def out_app(tmp_path, db_url, relay, monkeypatch):
     monkeypatch.setenv("MAILD_SECRET", SECRET)
-    extra = (f'[outbound]\nrelay = "127.0.0.1:{relay.port}"\nretry_base = 1.0\nsending_timeout = 5.0\n'
-             'max_auto_per_recipient = 3\ntimeout = 10.0\n')
-    path = write_config(tmp_path / "maild.toml", db_url, extra=extra)
+    path = write_config(tmp_path / "maild.toml", db_url, extra=outbound(f"127.0.0.1:{relay.port}"))
     app = build(load(path))
     app.config_path = path
     yield app
@@ -135,14 +145,17 @@ def test_permanent_failure_is_recorded_and_the_rep_told(out_app, relay):
     first = ingest(out_app, mail(msgid="<f1@example.com>"))
     out_app.sender.run_once()
     (ack,) = rows(out_app, kind="acknowledgement")
-    assert ack.status == "failed" and ack.last_error.startswith("recipients refused")
+    words = "the relay refused pat@example.com: 550 5.1.1 mailbox unavailable"
+    assert ack.status == "failed" and ack.last_error == words
+    assert ack.results == {"pat@example.com": {"code": 550, "text": "5.1.1 mailbox unavailable"}}
     with out_app.sessions() as s:
         notes = s.scalars(select(Interaction).where(Interaction.channel == "note")).all()
-    assert len(notes) == 1 and "could not be delivered" in notes[0].new_text
+    assert len(notes) == 1 and "could not be delivered" in notes[0].new_text and words in notes[0].new_text
     out_app.sender.run_once()
     told = [m for env, m in relay.messages() if m["Subject"].startswith("Undeliverable")]
-    assert {m["To"] for m in told} == {"alice@acme.test", "bob@acme.test"}
-    assert f"#{first.stored.issue_id}" in told[0].get_content()
+    assert sorted(m["To"] for m in told) == ["alice@acme.test", "bob@acme.test"]  # once each
+    text = told[0].get_content()
+    assert f"#{first.stored.issue_id}" in text and words in text and "b'" not in text and "(550" not in text
 
 
 def _lock(db_url: str):
@@ -166,7 +179,8 @@ def test_crash_between_relay_ok_and_marking_sent_resends_at_most_once(out_app, r
     hold.mkdir()
     relay.start("--hold", str(hold))
     ingest(out_app, mail(msgid="<x1@example.com>"))
-    sender = subprocess.Popen([sys.executable, "-m", "maild", "outbox", "send", "-c", str(out_app.config_path)],
+    one = write_config(tmp_path / "one.toml", db_url, extra=outbound(f"127.0.0.1:{relay.port}", connections=1))
+    sender = subprocess.Popen([sys.executable, "-m", "maild", "outbox", "send", "-c", str(one)],
                               cwd=REPO, env={**os.environ, "MAILD_SECRET": SECRET})
     deadline = time.monotonic() + 60
     while not (hold / "got").exists():
@@ -180,15 +194,21 @@ def test_crash_between_relay_ok_and_marking_sent_resends_at_most_once(out_app, r
     sender.send_signal(signal.SIGKILL)
     sender.wait(10)
     lock.close()
+    # The relay has the held mail, and perhaps the rows the sender had in hand behind it.
     assert {r.status for r in rows(out_app)} == {"sending"}
-    out_app.sender.run_once()  # too early: a "sending" row is left alone for sending_timeout
-    assert len(relay.messages()) == 1
+    before = len(relay.messages())
+    out_app.sender.run_once()  # too early: the dead sender's lease (sending_timeout) is still valid
+    assert len(relay.messages()) == before
     assert out_app.sender.run_once(now=utcnow() + timedelta(seconds=6))["sent"] == 3
+    assert {r.resends for r in rows(out_app)} == {1}  # each was ambiguous once
     assert out_app.sender.run_once(now=utcnow() + timedelta(hours=1)) == {}
-    copies = [(m["Message-ID"], m.as_bytes()) for _, m in relay.messages()]
-    first_id = copies[0][0]
-    assert [c for c in copies if c[0] == first_id] == [copies[0]] * 2  # one resend, same bytes
-    assert len(copies) == 4 and len({c[0] for c in copies}) == 3
+    copies: dict[str, list[bytes]] = {}
+    for _, m in relay.messages():
+        copies.setdefault(m["Message-ID"], []).append(m.as_bytes())
+    assert len(copies) == 3 and len(relay.messages()) == before + 3
+    first_id = relay.messages()[0][1]["Message-ID"]
+    assert len(copies[first_id]) == 2  # the held mail: one resend ...
+    assert all(len(c) <= 2 and len(set(c)) == 1 for c in copies.values())  # ... never more, always the same bytes
 
 
 def test_two_auto_responders_facing_each_other_stop(out_app, relay):
@@ -231,7 +251,14 @@ def test_bounce_attaches_to_its_issue_marks_address_and_sends_nothing(out_app, r
     before = len(rows(out_app))
     bounce = ingest(out_app, _dsn(ack.message_id, "pat@example.com"))
     assert bounce.stored.issue_id == first.stored.issue_id and not bounce.stored.new_issue
-    assert len(rows(out_app)) == before  # nothing sent in answer
+    # Nothing to the customer; the reps are told, once each, in words.
+    told = rows(out_app)[before:]
+    assert sorted(r.recipients[0] for r in told) == ["alice@acme.test", "bob@acme.test"]
+    assert {r.kind for r in told} == {"failure"}
+    with out_app.sessions() as s:
+        notice = s.scalars(select(OutboxMessage.data).where(OutboxMessage.id == told[0].id)).one()
+    assert b"pat@example.com bounced: status 5.1.1" in notice
+    before = len(rows(out_app))
     # The address is failing now: a new mail from it is recorded and the reps
     # hear of it, but it gets no acknowledgement.
     ingest(out_app, mail(subject="Another thing", msgid="<b2@example.com>"))
@@ -281,3 +308,134 @@ def test_no_header_injection_from_customer_text():
     msg = email.message_from_bytes(data)
     assert msg["Bcc"] is None and msg["X-Evil"] is None
     assert one_line("a\r\nb\x00c") == "a b c"
+
+
+def queue_mail(app, n: int, cc: tuple[str, ...] = (), issue_id: int | None = None) -> list[int]:
+    """n replies to pat@example.com queued the way the desk queues them."""
+    with app.sessions() as s, s.begin():
+        return [enqueue(s, Outgoing(kind="reply", mailbox="support", to=("pat@example.com",), cc=cc,
+                                    subject=f"Mail {i}", body=f"Body {i}\n", issue_id=issue_id, auto=False,
+                                    to_customer=True), app.notifier.policy).id for i in range(n)]
+
+
+def notes(app, issue_id: int) -> list[str]:
+    with app.sessions() as s:
+        return list(s.scalars(select(Interaction.new_text).where(Interaction.channel == "note",
+                                                                 Interaction.actions.any(issue_id=issue_id))
+                              .order_by(Interaction.id)))
+
+
+@pytest.mark.parametrize("kind", ["maildir", "mbox"])
+def test_local_relay_writes_each_mail_once(tmp_path, db_url, monkeypatch, kind):
+    monkeypatch.setenv("MAILD_SECRET", SECRET)
+    monkeypatch.chdir(tmp_path)  # a relative path is relative to the working directory
+    app = build(load(write_config(tmp_path / "maild.toml", db_url, extra=outbound(f"{kind}:outgoing"))))
+    try:
+        ingest(app, mail(msgid="<m1@example.com>", body="From here on it burns."))
+        assert app.sender.run_once()["sent"] == 3
+        assert app.sender.run_once(now=utcnow() + timedelta(hours=1)) == {}  # a second run writes nothing again
+        where = tmp_path / "outgoing"
+        box = mailbox.Maildir(where, factory=None, create=False) if kind == "maildir" else mailbox.mbox(where)
+        got = {m["To"]: m for m in box}
+        assert set(got) == {"pat@example.com", "alice@acme.test", "bob@acme.test"} and len(box) == 3
+        (ack,) = rows(app, kind="acknowledgement")
+        assert got["pat@example.com"]["Message-ID"] == f"<{ack.message_id}>" and "[#1]" in ack_subject(got)
+        assert ack.results == {"pat@example.com": {"code": 250, "text": ack.results["pat@example.com"]["text"]}}
+        if kind == "maildir":
+            assert len(list((where / "new").iterdir())) == 3 and not list((where / "tmp").iterdir())
+        else:
+            assert got["pat@example.com"].get_from().startswith("support@acme.test ")
+            assert b"\n>From here on it burns." in where.read_bytes()  # mbox quoting of the customer's text
+    finally:
+        app.close()
+
+
+def ack_subject(got: dict) -> str:
+    return str(got["pat@example.com"]["Subject"])
+
+
+def test_two_senders_on_one_database_send_every_row_exactly_once(tmp_path, db_url, relay, monkeypatch):
+    relay.start("--delay", "0.6")  # a slow relay: rows wait in a sender's hands longer than its lease
+    monkeypatch.setenv("MAILD_SECRET", SECRET)
+    path = write_config(tmp_path / "maild.toml", db_url,
+                        extra=outbound(f"127.0.0.1:{relay.port}", connections=2, sending_timeout=2.0))
+    app = build(load(path))
+    try:
+        ids = queue_mail(app, 40)
+        senders = [subprocess.Popen([sys.executable, "-m", "maild", "outbox", "send", "-c", str(path)],
+                                    cwd=REPO, env={**os.environ, "MAILD_SECRET": SECRET}) for _ in range(2)]
+        assert [p.wait(180) for p in senders] == [0, 0]
+        sent = [m["Message-ID"].strip("<>") for _, m in relay.messages()]
+        assert len(sent) == 40 and len(set(sent)) == 40
+        assert {r.message_id for r in rows(app)} == set(sent) and {r.id for r in rows(app)} == set(ids)
+        assert {(r.status, r.resends, r.lease_owner) for r in rows(app)} == {("sent", 0, None)}
+    finally:
+        app.close()
+
+
+def test_a_row_ambiguous_twice_stops_as_unknown_and_the_reps_are_told_once(out_app, relay):
+    relay.start()
+    n = ingest(out_app, mail(msgid="<u1@example.com>")).stored.issue_id
+    # The state crashes leave: rows "sending" under dead senders' expired leases, one of them
+    # already resent once; and a row a live sender holds.
+    with out_app.sessions() as s, s.begin():
+        for row in s.scalars(select(OutboxMessage)):
+            live = row.recipients == ["bob@acme.test"]
+            row.status, row.lease_owner = "sending", "live" if live else "dead"
+            row.lease_until = utcnow() + (timedelta(hours=1) if live else -timedelta(minutes=1))
+            row.resends = 1 if row.kind == "acknowledgement" else 0
+    counts = out_app.sender.run_once()
+    assert counts == {"unknown": 1, "sent": 1}
+    (ack,) = rows(out_app, kind="acknowledgement")
+    assert (ack.status, ack.resends, ack.lease_owner) == ("unknown", 1, None)
+    by_rcpt = {r.recipients[0]: r for r in rows(out_app, kind="notification")}
+    resent, held = by_rcpt["alice@acme.test"], by_rcpt["bob@acme.test"]
+    assert (resent.status, resent.resends) == ("sent", 1)
+    assert (held.status, held.lease_owner) == ("sending", "live")  # a valid lease is never taken
+    assert [env["to"] for env, _ in relay.messages()] == [["alice@acme.test"]]
+    assert len(notes(out_app, n)) == 1 and "may or may not have been" in notes(out_app, n)[0]
+    out_app.sender.run_once()
+    out_app.sender.run_once()
+    told = [m for _, m in relay.messages() if m["Subject"].startswith("Delivery uncertain")]
+    assert sorted(m["To"] for m in told) == ["alice@acme.test", "bob@acme.test"]  # once each
+    assert ack.message_id in told[0].get_content() and rows(out_app, kind="acknowledgement")[0].status == "unknown"
+
+
+def test_relay_refusing_one_of_two_recipients_is_noted_marked_failing_and_told_once(out_app, relay):
+    relay.start("--reject", "carl@example.org")
+    n = ingest(out_app, mail(msgid="<r1@example.com>")).stored.issue_id
+    with out_app.sessions() as s, s.begin():
+        s.add(Customer(name="Carl", addresses=[CustomerAddress(email="carl@example.org", key="carl@example.org")]))
+    out_app.sender.run_once()
+    first = len(relay.messages())
+    (row_id,) = queue_mail(out_app, 1, cc=("carl@example.org",), issue_id=n)
+    assert out_app.sender.run_once() == {"sent": 1}
+    (row,) = rows(out_app, id=row_id)
+    words = "the relay refused carl@example.org: 550 5.1.1 mailbox unavailable"
+    assert row.results == {"pat@example.com": {"code": 250, "text": "2.0.0 stored"},
+                           "carl@example.org": {"code": 550, "text": "5.1.1 mailbox unavailable"}}
+    assert row.last_error == words
+    assert [env["to"] for env, _ in relay.messages()[first:]] == [["pat@example.com"]]
+    assert len(notes(out_app, n)) == 1 and words in notes(out_app, n)[0]
+    with out_app.sessions() as s:
+        assert s.scalar(select(CustomerAddress.failing_until).where(CustomerAddress.key == "carl@example.org"))
+    out_app.sender.run_once()
+    out_app.sender.run_once()
+    told = [m for _, m in relay.messages() if m["Subject"].startswith("Undeliverable")]
+    assert sorted(m["To"] for m in told) == ["alice@acme.test", "bob@acme.test"]  # once each
+    text = told[0].get_content()
+    assert words in text and "(550" not in text and "b'" not in text
+
+
+def test_daemon_sends_queued_mail_at_once_not_at_the_next_interval(tmp_path, db_url, relay, monkeypatch):
+    relay.start()
+    monkeypatch.setenv("MAILD_SECRET", SECRET)
+    config = daemon_config(tmp_path, db_url, daemon="\n" + outbound(f"127.0.0.1:{relay.port}", send_interval=3600.0))
+    with InProcess(build_daemon(load(config))):
+        with smtp_client(config) as c:
+            c.sendmail("pat@example.com", ["support@acme.test"], message("Printer on fire"))
+        deadline = time.monotonic() + 60
+        while len(relay.messages()) < 2:  # the reps' notifications (acknowledgements are off here)
+            assert time.monotonic() < deadline, "queued mail was not sent before the next send_interval"
+            time.sleep(0.1)
+    assert sorted(env["to"][0] for env, _ in relay.messages()) == ["alice@acme.test", "bob@acme.test"]

@@ -50,9 +50,12 @@ class Notifier:
     def __call__(self, session: Session, stored: Stored) -> None:
         if stored.outcome != "interaction" or stored.source == "import":
             return
-        interaction = session.get(Interaction, stored.interaction_id)
+        if stored.interaction_id is None or stored.issue_id is None:
+            raise ValueError(f"stored interaction without ids: interaction={stored.interaction_id} "
+                             f"issue={stored.issue_id}")
+        interaction = session.get_one(Interaction, stored.interaction_id)
         if interaction.bounce:
-            self._mark_failing(session, interaction.bounce)
+            self._mark_failing(session, interaction.bounce, stored.issue_id)
             return
         if _from_rep(stored):
             self.repmail.handle(session, stored, interaction)
@@ -67,7 +70,7 @@ class Notifier:
             log.info("queued outbox=%s kind=%s issue=%s to=%s", row.id, out.kind, out.issue_id, ",".join(out.to))
 
     def _issue_view(self, session: Session, issue_id: int) -> IssueView:
-        issue = session.get(Issue, issue_id)
+        issue = session.get_one(Issue, issue_id)
         customer = issue.customer
         return IssueView(
             issue.id, issue.subject, issue.status, issue.mailbox, issue.category.name, issue.assignee_id,
@@ -101,33 +104,75 @@ class Notifier:
             auto_allowed=lambda addr: auto_allowed(session, self.policy, addr),
         )
 
-    def _mark_failing(self, session: Session, bounce: dict) -> None:
-        """No automatic mail to the addresses a bounce reports, for `failing_days`."""
+    def _mark_failing(self, session: Session, bounce: dict, issue_id: int | None = None) -> None:
+        """No automatic mail to the addresses a bounce reports, for `failing_days`; the reps are told."""
         recipients = list(bounce.get("recipients") or [])
-        if not recipients and bounce.get("original_message_id"):
+        row = None
+        if bounce.get("original_message_id"):
             row = session.scalar(select(OutboxMessage).where(OutboxMessage.message_id == bounce["original_message_id"]))
-            recipients = list(row.recipients) if row else []
-        keys = [self.policy.rules.key(r) for r in recipients if "@" in r]
+        if not recipients and row is not None:
+            recipients = list(row.recipients)
+        addresses = [r for r in recipients if "@" in r]
+        if not addresses:
+            return
+        self.mark_failing(session, addresses)
+        status = bounce.get("status")
+        error = "; ".join(f"{a} bounced" + (f": status {status}" if status else "") for a in addresses)
+        if issue_id is not None:
+            subject = self._subject(session, row) if row is not None else ""
+            self._tell(session, row.mailbox if row else None, issue_id, "delivery_failed",
+                       subject=subject, recipients=", ".join(addresses), error=error)
+
+    def mark_failing(self, session: Session, addresses: list[str]) -> None:
+        """The rule a bounce and a relay's 5xx share: no automatic mail to these for `failing_days`."""
+        keys = [self.policy.rules.key(a) for a in addresses if "@" in a]
         if keys:
             until = utcnow() + timedelta(days=self.settings.outbound.failing_days)
             session.execute(update(CustomerAddress).where(CustomerAddress.key.in_(keys)).values(failing_until=until))
-            log.info("bounce marks failing: %s", ",".join(keys))
+            log.info("marked failing: %s", ",".join(keys))
 
-    # -- the sender's failure hook -------------------------------------------------------
+    # -- the sender's hooks ---------------------------------------------------------------
 
-    def delivery_failed(self, session: Session, row: OutboxMessage) -> None:
-        """Record a failed customer mail on its issue and tell the issue's reps."""
-        if not row.to_customer or row.issue_id is None:
-            return
-        issue = self._issue_view(session, row.issue_id)
+    def _subject(self, session: Session, row: OutboxMessage) -> str:
+        return session.scalar(select(Interaction.subject).where(Interaction.id == row.interaction_id)) or ""
+
+    def _tell(self, session: Session, mailbox: str | None, issue_id: int, template: str, **variables: str) -> None:
+        """A note on the issue, and one notice to its assignee, else its reps."""
+        issue = self._issue_view(session, issue_id)
         reps, assignee = self.rep_views(session, issue)
-        subject = session.scalar(select(Interaction.subject).where(Interaction.id == row.interaction_id)) or issue.subject
-        recipients = ", ".join(row.recipients)
-        r = self.templates.render("delivery_failed", subject=subject, issue_id=issue.id,
-                                  recipients=recipients, error=row.last_error or "")
-        note = Outgoing(kind="failure", mailbox=row.mailbox, to=(), subject=r.subject, body=r.body, issue_id=issue.id)
+        mailbox = mailbox or issue.mailbox
+        r = self.templates.render(template, issue_id=issue.id, **(variables | {"subject": variables.get("subject")
+                                                                                 or issue.subject}))
+        note = Outgoing(kind="failure", mailbox=mailbox, to=(), subject=r.subject, body=r.body, issue_id=issue.id)
         record_note(session, note, self.policy)
         for rep in (assignee,) if assignee else reps:
-            enqueue(session, Outgoing(kind="failure", mailbox=row.mailbox, to=(rep.email,), subject=r.subject,
+            enqueue(session, Outgoing(kind="failure", mailbox=mailbox, to=(rep.email,), subject=r.subject,
                                       body=r.body, issue_id=issue.id, rep_id=rep.id, auto=True), self.policy)
 
+    def _told(self, row: OutboxMessage, what: str) -> bool:
+        """Whether a row's trouble is told on its issue: not for a notice of trouble itself (no chains)."""
+        if row.issue_id is None or row.kind == "failure":
+            log.warning("outbox id=%s kind=%s %s: %s", row.id, row.kind, what, row.last_error)
+            return False
+        return True
+
+    def delivery_failed(self, session: Session, row: OutboxMessage) -> None:
+        """Record a failed mail on its issue and tell the issue's assignee, else its reps."""
+        if row.issue_id is not None and self._told(row, "failed"):
+            self._tell(session, row.mailbox, row.issue_id, "delivery_failed", subject=self._subject(session, row),
+                       recipients=", ".join(row.recipients), error=row.last_error or "")
+
+    def recipients_refused(self, session: Session, row: OutboxMessage, refused: dict[str, tuple[int, str]]) -> None:
+        """The relay refused some recipients for good (5xx): marked failing, noted, told once."""
+        self.mark_failing(session, list(refused))
+        if row.issue_id is not None and self._told(row, "refused"):
+            error = "; ".join(f"the relay refused {a}: {code} {text}".rstrip() for a, (code, text) in refused.items())
+            self._tell(session, row.mailbox, row.issue_id, "delivery_failed", subject=self._subject(session, row),
+                       recipients=", ".join(refused), error=error)
+
+    def delivery_unknown(self, session: Session, row: OutboxMessage) -> None:
+        """A mail whose delivery was ambiguous twice: not sent again; the reps decide."""
+        if row.issue_id is not None and self._told(row, "unknown"):
+            self._tell(session, row.mailbox, row.issue_id, "delivery_unknown", subject=self._subject(session, row),
+                       recipients=", ".join(row.recipients), error=row.last_error or "",
+                       message_id=row.message_id)

@@ -33,8 +33,8 @@ def _customer(session: Session, policy: OutboxPolicy, address: str) -> Customer:
         customer.addresses.append(CustomerAddress(email=address, key=key))
         session.add(customer)
         session.flush()
-    while customer.merged_into_id is not None:
-        customer = session.get(Customer, customer.merged_into_id)
+    while customer.merged_into_id is not None:  # a merged record's addresses belong to the one it went into
+        customer = session.get_one(Customer, customer.merged_into_id)
     return customer
 
 

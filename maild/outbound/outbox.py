@@ -8,11 +8,12 @@ Delivery is the sender's job (sender.py); this module never talks SMTP.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from maild.addresses import AddressRules
 from maild.config import Settings
@@ -94,7 +95,22 @@ def enqueue(
     )
     session.add(row)
     session.flush()
+    session.info["outbox_queued"] = True  # see wake_on_queued
     return row
+
+
+def wake_on_queued(sessions: sessionmaker[Session], wake: Callable[[], None]) -> None:
+    """Call `wake` after each commit of a session (from `sessions`) that queued mail, so it leaves at once."""
+
+    def committed(session: Session) -> None:
+        if session.info.pop("outbox_queued", False):
+            wake()
+
+    def rolled_back(session: Session) -> None:
+        session.info.pop("outbox_queued", None)
+
+    event.listen(sessions, "after_commit", committed)
+    event.listen(sessions, "after_rollback", rolled_back)
 
 
 def record_note(session: Session, note: Outgoing, policy: OutboxPolicy) -> Interaction:
@@ -118,5 +134,5 @@ def auto_allowed(session: Session, policy: OutboxPolicy, address: str, now: date
             OutboxMessage.created_at > now - timedelta(hours=24),
         )
     )
-    return sent < policy.max_auto_per_recipient
+    return (sent or 0) < policy.max_auto_per_recipient
 

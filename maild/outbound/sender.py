@@ -1,178 +1,333 @@
-"""The outbox sender: delivers queued mail through the configured relay.
+"""The outbox sender: delivers queued mail through the relay, each row once.
 
-A row is marked `sending` (committed) before the relay sees it and `sent`
-right after the relay's 250, so a crash in between leaves it `sending`; such a
-row is sent again once `sending_timeout` has passed, with the same bytes and
-Message-ID: at most one resend, never a different copy. Temporary failures
-(4xx, relay unreachable) back off exponentially; 5xx or the deadline fail the
-row for good, and the failure is recorded on its issue.
+A claim is a lease: a row is marked `sending` with this sender's owner id and
+an expiry (`sending_timeout` from now), committed before the relay sees it,
+and renewed while the sender works; no other sender touches it while the lease
+is valid. A row whose lease expired while `sending` (its sender died mid-send)
+was perhaps delivered, perhaps not: it is sent again with the same bytes and
+Message-ID, at most once in its life (`resends`); after a second such
+ambiguity it stops as `unknown` and the issue's reps are told.
+
+Rows are claimed a few at a time with their bytes, sent over several relay
+conversations in parallel (`outbound.connections`, each reused across
+messages), and settled in batched commits. Per-recipient answers are kept on
+the row: 4xx recipients are tried again with backoff, 5xx refusals are told
+to the issue's reps, and a row fails for good on a 5xx or its deadline.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import smtplib
-import ssl
+import queue
+import socket
+import threading
+import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from collections.abc import Callable
+from typing import Protocol, cast
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, sessionmaker, undefer
+from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
-from maild.config import Settings, split_hostport
+from maild.config import Settings
+from maild.db import is_transient
 from maild.models import OutboxMessage, utcnow
+from maild.outbound.relays import (
+    ConnectionLost, Permanent, RelayConfig, Results, Temporary, open_relay,
+)
 from maild.timefmt import aware
 
 log = logging.getLogger("maild.outbound")
 
-FailureHook = Callable[[Session, OutboxMessage], None]
+OUTBOX = cast(Table, OutboxMessage.__table__)
+UNKNOWN_ERROR = ("delivery uncertain twice: a sender stopped while sending it; it may or may not have arrived, "
+                 "and it is not sent again")
 
 
-class Temporary(Exception):
-    """The relay could not take the mail now; try again later."""
+class DeliveryHooks(Protocol):
+    """What the desk does when mail does not get through (desk/notify.py)."""
 
+    def delivery_failed(self, session: Session, row: OutboxMessage) -> None: ...
 
-class Permanent(Exception):
-    """The relay refused the mail for good."""
+    def recipients_refused(self, session: Session, row: OutboxMessage, refused: dict[str, tuple[int, str]]) -> None: ...
 
-
-class ConnectionLost(Temporary):
-    """The relay went away: nothing more can be sent in this conversation."""
+    def delivery_unknown(self, session: Session, row: OutboxMessage) -> None: ...
 
 
 @dataclass(frozen=True)
-class RelayConfig:
-    host: str
-    port: int
-    starttls: bool
-    user: str | None
-    password: str | None
-    timeout: float
+class Claimed:
+    """A row in this sender's hands: what to send, to whom (those not yet answered for good)."""
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> RelayConfig:
-        o = settings.outbound
-        host, port = split_hostport(o.relay)
-        user = os.environ.get(o.user_env) if o.user_env else None
-        password = os.environ.get(o.password_env) if o.password_env else None
-        return cls(host, port, o.starttls, user, password, o.timeout)
+    id: int
+    envelope_from: str
+    recipients: list[str]
+    data: bytes
+    previous: dict | None  # per-recipient answers of earlier attempts
 
 
-def _classify_error(exc: Exception) -> Exception:
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        codes = [code for code, _ in exc.recipients.values()]
-        kind = Permanent if codes and all(c >= 500 for c in codes) else Temporary
-        return kind(f"recipients refused: {exc.recipients}")
-    if isinstance(exc, smtplib.SMTPResponseException):
-        text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
-        return (Permanent if exc.smtp_code >= 500 else Temporary)(f"{exc.smtp_code} {text}")
-    return ConnectionLost(f"{type(exc).__name__}: {exc}")
+Done = tuple[Claimed, Results | None, Exception | None]
 
 
-class Relay:
-    """One SMTP conversation with the relay, for a run of the sender."""
+def final(code: int) -> bool:
+    """A recipient answered for good: delivered (2xx) or refused (5xx)."""
+    return 200 <= code < 300 or code >= 500
 
-    def __init__(self, cfg: RelayConfig) -> None:
-        self.cfg = cfg
-        self.smtp: smtplib.SMTP | None = None
 
-    def __enter__(self) -> Relay:
-        try:
-            self.smtp = smtplib.SMTP(self.cfg.host, self.cfg.port, timeout=self.cfg.timeout)
-            if self.cfg.starttls:
-                self.smtp.starttls(context=ssl.create_default_context())
-            if self.cfg.user:
-                self.smtp.login(self.cfg.user, self.cfg.password or "")
-        except (OSError, smtplib.SMTPException) as exc:
-            raise _classify_error(exc) from exc
-        return self
+def refused_words(refused: dict[str, tuple[int, str]], verb: str = "refused") -> str:
+    """"the relay refused pat@example.org: 550 5.1.1 no such user; ..." """
+    return "; ".join(f"the relay {verb} {addr}: {code} {text}".rstrip() for addr, (code, text) in refused.items())
 
-    def send(self, envelope_from: str, recipients: list[str], data: bytes) -> dict:
-        try:
-            return self.smtp.sendmail(envelope_from, recipients, data)
-        except (OSError, smtplib.SMTPException) as exc:
-            raise _classify_error(exc) from exc
 
-    def __exit__(self, *exc) -> None:
-        try:
-            self.smtp.quit()
-        except (OSError, smtplib.SMTPException):
-            self.smtp.close()
+class _Clock:
+    """The time of a run: `now` as given (tests move it) plus the time the run has taken."""
+
+    def __init__(self, now: datetime | None) -> None:
+        self.start, self.t0 = now or utcnow(), time.monotonic()
+
+    def __call__(self) -> datetime:
+        return self.start + timedelta(seconds=time.monotonic() - self.t0)
 
 
 class Sender:
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], on_failure: FailureHook | None = None):
+    name = "outbox"  # as a daemon service
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], hooks: DeliveryHooks | None = None,
+                 owner: str | None = None) -> None:
         self.relay = RelayConfig.from_settings(settings)
         self.sessions = sessions
-        self.on_failure = on_failure
+        self.hooks = hooks
         o = settings.outbound
         self.retry_base, self.retry_max = o.retry_base, o.retry_max
-        self.sending_timeout = timedelta(seconds=o.sending_timeout)
+        self.lease = timedelta(seconds=o.sending_timeout)
+        self.interval = o.send_interval
+        self.connections = o.connections
+        self.batch = 4 * o.connections  # rows claimed at most at once: few, so other senders get their share
+        self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.wake = threading.Event()  # set when mail was queued: send now rather than at the next interval
 
-    def _claim(self, now: datetime, limit: int) -> list[int]:
-        """Mark due rows `sending` and commit, before the relay sees any of them."""
-        stale = now - self.sending_timeout
-        with self.sessions() as session, session.begin():
-            rows = session.scalars(
-                select(OutboxMessage)
-                .where(or_(
-                    (OutboxMessage.status == "queued") & (OutboxMessage.next_attempt_at <= now),
-                    (OutboxMessage.status == "sending") & (OutboxMessage.sending_since < stale),
-                ))
-                .order_by(OutboxMessage.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            ).all()
-            for row in rows:
-                row.status, row.sending_since, row.attempts = "sending", now, row.attempts + 1
-            return [r.id for r in rows]
+    # -- the daemon's service ---------------------------------------------------------------
 
-    def _settle(self, row_id: int, error: Exception | None, now: datetime) -> str:
-        with self.sessions() as session, session.begin():
-            row = session.get(OutboxMessage, row_id)
-            if error is None:
-                row.status, row.sent_at, row.last_error = "sent", utcnow(), None
-            elif isinstance(error, Temporary) and now < aware(row.deadline_at):
-                delay = min(self.retry_base * 2 ** max(row.attempts - 1, 0), self.retry_max)
-                row.status, row.next_attempt_at, row.last_error = "queued", now + timedelta(seconds=delay), str(error)
-            else:
-                row.status, row.last_error = "failed", str(error)
-                if self.on_failure is not None:
-                    self.on_failure(session, row)
-            log.info("outbox id=%s kind=%s status=%s attempts=%s error=%s",
-                     row.id, row.kind, row.status, row.attempts, row.last_error)
-            return row.status
+    def run(self, stop: threading.Event) -> None:
+        """Send what is due, then wait for queued mail or `send_interval`, until `stop`."""
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                self.run_once(stop=stop)
+            except Exception as exc:
+                if is_transient(exc):
+                    log.warning("outbox paused: database unavailable: %s", str(exc).splitlines()[0][:200])
+                else:
+                    log.exception("outbox run failed; retrying")
+                stop.wait(1.0)
+            until = time.monotonic() + self.interval
+            while not stop.is_set() and not self.wake.is_set() and time.monotonic() < until:
+                self.wake.wait(min(0.5, max(0.0, until - time.monotonic())))
 
-    def run_once(self, now: datetime | None = None, limit: int = 100) -> Counter:
+    # -- one run -----------------------------------------------------------------------------
+
+    def run_once(self, now: datetime | None = None, stop: threading.Event | None = None) -> Counter:
         """Deliver what is due; returns how many rows ended in each status."""
-        now = now or utcnow()
-        ids = self._claim(now, limit)
+        clock = _Clock(now)
         counts: Counter = Counter()
-        if not ids:
-            return counts
-        pending = list(ids)
+        work: queue.SimpleQueue[Claimed | None] = queue.SimpleQueue()
+        done: queue.SimpleQueue[Done] = queue.SimpleQueue()
+        in_hand: set[int] = set()
+        threads: list[threading.Thread] = []
+        renew_every = self.lease.total_seconds() / 3
+        last_renew, draining = time.monotonic(), False
         try:
-            with Relay(self.relay) as relay:
-                while pending:
-                    row_id = pending[0]
-                    with self.sessions() as session:
-                        row = session.scalars(
-                            select(OutboxMessage).options(undefer(OutboxMessage.data)).where(OutboxMessage.id == row_id)
-                        ).one()
-                        envelope = (row.envelope_from, list(row.recipients), row.data)
-                    try:
-                        relay.send(*envelope)
-                        error = None
-                    except ConnectionLost:
-                        raise
-                    except (Permanent, Temporary) as exc:
-                        error = exc
-                    counts[self._settle(row_id, error, now)] += 1
-                    pending.pop(0)
-        except Temporary as exc:  # could not connect, or the connection was lost
-            for row_id in pending:
-                counts[self._settle(row_id, exc, now)] += 1
+            while True:
+                finished = self._collect(done, bool(in_hand), renew_every)
+                in_hand -= {c.id for c, _, _ in finished}
+                if any(isinstance(err, ConnectionLost) for _, _, err in finished):
+                    draining = True  # the relay is away: settle what is in hand, claim nothing more
+                if stop is not None and stop.is_set():
+                    draining = True
+                want = self.batch - len(in_hand) if not draining and len(in_hand) <= self.batch // 2 else 0
+                renew = time.monotonic() - last_renew >= renew_every and bool(in_hand)
+                if finished or want or renew:
+                    with self.sessions() as session, session.begin():
+                        counts.update(self._settle(session, clock(), finished))
+                        if renew:
+                            self._renew(session, clock(), in_hand)
+                        claimed, gave_up = self._claim(session, clock(), want) if want else ([], 0)
+                    if renew:
+                        last_renew = time.monotonic()
+                    counts["unknown"] += gave_up
+                    if want and len(claimed) + gave_up < want:
+                        draining = True  # nothing more due now; mail queued meanwhile wakes the next run
+                    for c in claimed:
+                        in_hand.add(c.id)
+                        work.put(c)
+                    while len(threads) < min(self.connections, len(in_hand)):
+                        t = threading.Thread(target=self._work, args=(work, done), name="outbox-send", daemon=True)
+                        t.start()
+                        threads.append(t)
+                if not in_hand and draining:
+                    break
+        finally:
+            for _ in threads:
+                work.put(None)
+            for t in threads:
+                t.join()
+        return +counts
+
+    @staticmethod
+    def _collect(done: queue.SimpleQueue[Done], block: bool, timeout: float) -> list[Done]:
+        out: list[Done] = []
+        if block:
+            try:
+                out.append(done.get(timeout=timeout))
+            except queue.Empty:
+                return out
+        while True:
+            try:
+                out.append(done.get_nowait())
+            except queue.Empty:
+                return out
+
+    def _work(self, work: queue.SimpleQueue[Claimed | None], done: queue.SimpleQueue[Done]) -> None:
+        """One relay conversation: sends the rows handed to it, reusing the connection."""
+        relay = None
+        try:
+            while (c := work.get()) is not None:
+                try:
+                    if relay is None:
+                        relay = open_relay(self.relay)
+                    done.put((c, relay.send(c.envelope_from, c.recipients, c.data), None))
+                except (Temporary, Permanent) as exc:
+                    done.put((c, None, exc))
+                except Exception as exc:  # never drop a row in hand: it is settled as a temporary failure
+                    log.exception("outbox id=%s: sending failed unexpectedly", c.id)
+                    done.put((c, None, Temporary(f"{type(exc).__name__}: {exc}")))
+        finally:
+            if relay is not None:
+                relay.close()
+
+    # -- the database side: claim, renew, settle ------------------------------------------------
+
+    def _claim(self, session: Session, now: datetime, limit: int) -> tuple[list[Claimed], int]:
+        """Lease up to `limit` due rows with their bytes; a row ambiguous a second time becomes `unknown`."""
+        t = OUTBOX.c
+        due = or_(
+            and_(t.status == "queued", t.next_attempt_at <= now),
+            and_(t.status == "sending", or_(t.lease_until.is_(None), t.lease_until < now)),
+        )
+        rows = session.execute(
+            select(t.id, t.status, t.resends, t.envelope_from, t.recipients, t.results, t.data)
+            .where(due).order_by(t.id).limit(limit).with_for_update(skip_locked=True)
+        ).all()
+        fresh = [r.id for r in rows if r.status == "queued"]
+        again = [r.id for r in rows if r.status == "sending" and r.resends < 1]
+        gone = [r.id for r in rows if r.status == "sending" and r.resends >= 1]
+        lease = {"status": "sending", "lease_owner": self.owner, "lease_until": now + self.lease,
+                 "sending_since": now, "attempts": t.attempts + 1}
+        if fresh:
+            session.execute(update(OUTBOX).where(t.id.in_(fresh)).values(**lease))
+        if again:
+            session.execute(update(OUTBOX).where(t.id.in_(again)).values(**lease, resends=t.resends + 1))
+            log.warning("outbox ids=%s: lease expired mid-send; sending again, once", ",".join(map(str, again)))
+        for row_id in gone:
+            self._unknown(session, row_id)
+        claimed = []
+        for r in rows:
+            if r.id in gone:
+                continue
+            answered = r.results or {}
+            todo = [a for a in r.recipients if a not in answered or not final(answered[a]["code"])]
+            claimed.append(Claimed(r.id, r.envelope_from, todo, r.data, r.results))
+        return claimed, len(gone)
+
+    def _unknown(self, session: Session, row_id: int) -> None:
+        row = session.get(OutboxMessage, row_id)
+        if row is None:
+            return
+        row.status, row.last_error, row.lease_owner, row.lease_until = "unknown", UNKNOWN_ERROR, None, None
+        log.warning("outbox id=%s kind=%s status=unknown: %s", row.id, row.kind, UNKNOWN_ERROR)
+        if self.hooks is not None:
+            self.hooks.delivery_unknown(session, row)
+
+    def _renew(self, session: Session, now: datetime, ids: set[int]) -> None:
+        t = OUTBOX.c
+        session.execute(update(OUTBOX).where(t.id.in_(sorted(ids)), t.lease_owner == self.owner, t.status == "sending")
+                        .values(lease_until=now + self.lease))
+
+    def _settle(self, session: Session, now: datetime, finished: list[Done]) -> Counter:
+        """Record results: plain successes in one statement, everything else row by row."""
+        counts: Counter = Counter()
+        plain = []
+        for c, results, error in finished:
+            if error is None and results is not None and all(200 <= code < 300 for code, _ in results.values()):
+                plain.append({"rid": c.id, "res": _merge(c.previous, results)})
+            else:
+                counts[self._settle_one(session, now, c, results, error)] += 1
+        if plain:
+            self._settle_sent(session, now, plain)
+            counts["sent"] += len(plain)
         return counts
+
+    def _settle_sent(self, session: Session, now: datetime, plain: list[dict]) -> None:
+        t = OUTBOX.c
+        params = plain
+        result = session.execute(
+            update(OUTBOX)
+            .where(t.id == bindparam("rid"), t.lease_owner == self.owner, t.status == "sending")
+            .values(status="sent", sent_at=now, last_error=None, lease_owner=None, lease_until=None,
+                    results=bindparam("res")),
+            params,
+        )
+        if result.rowcount not in (-1, len(params)):  # type: ignore[attr-defined]
+            log.warning("outbox: %d of %d sent rows had lost their lease before being marked sent",
+                        len(params) - result.rowcount, len(params))  # type: ignore[attr-defined]
+        log.info("outbox sent=%d ids=%s", len(params), ",".join(str(p["rid"]) for p in params))
+
+    def _settle_one(self, session: Session, now: datetime, c: Claimed, results: Results | None,
+                    error: Exception | None) -> str:
+        row = session.get(OutboxMessage, c.id, with_for_update=True, populate_existing=True)
+        if row is None or row.status != "sending" or row.lease_owner != self.owner:
+            log.warning("outbox id=%s: lease lost before its result was recorded", c.id)
+            return "lost"
+        row.lease_owner = row.lease_until = None
+        expired = now >= aware(row.deadline_at)
+        if results is not None:
+            row.results = _merge(row.results, results)
+        answered = {a: (v["code"], v["text"]) for a, v in (row.results or {}).items()}
+        later = {a: answered[a] for a in c.recipients if a in answered and not final(answered[a][0])}
+        refused = {a: answered[a] for a in c.recipients if a in answered and answered[a][0] >= 500}
+        if error is not None and isinstance(error, Temporary) and not expired:
+            self._later(row, now, str(error))
+        elif error is not None:
+            row.status, row.last_error = "failed", str(error)
+            if self.hooks is not None:
+                self.hooks.delivery_failed(session, row)
+        else:
+            if later and expired:
+                refused |= later
+                later = {}
+            delivered = any(200 <= answered[a][0] < 300 for a in row.recipients if a in answered)
+            if later:
+                self._later(row, now, refused_words(later, "deferred"))
+            elif delivered:
+                row.status, row.sent_at = "sent", now
+                row.last_error = refused_words(refused) if refused else None
+            else:
+                row.status, row.last_error = "failed", refused_words(refused)
+            if refused and self.hooks is not None:
+                self.hooks.recipients_refused(session, row, refused)
+        log.info("outbox id=%s kind=%s status=%s attempts=%s error=%s",
+                 row.id, row.kind, row.status, row.attempts, row.last_error)
+        return row.status
+
+    def _later(self, row: OutboxMessage, now: datetime, error: str) -> None:
+        delay = min(self.retry_base * 2 ** max(row.attempts - 1, 0), self.retry_max)
+        row.status, row.next_attempt_at, row.last_error = "queued", now + timedelta(seconds=delay), error
+
+
+def _merge(previous: dict | None, results: Results) -> dict:
+    """Per-recipient answers as stored on the row: address -> {"code", "text"}; newest wins."""
+    merged = dict(previous or {})
+    merged.update({a: {"code": code, "text": text} for a, (code, text) in results.items()})
+    return merged
