@@ -26,7 +26,7 @@ Message = email.message.Message
 SAFE_NAME_RE = re.compile(r"[^\w.\- ()\[\]+,@'&#!~]+", re.UNICODE)
 _MIME_DB = mimetypes.MimeTypes()  # Python's own table only: the same names on every machine
 _TEXT_REPORTS = ("text/rfc822-headers", "text/rfc822-header", "message/delivery-status", "message/rfc822-headers")
-_BOUNDARY_LINE = re.compile(r"^--([^\s]{1,200}?)(?:--)?[ \t]*$", re.M)
+_BOUNDARY_LINE = re.compile(r"^--([^\s]{1,200}?)(?:--)?[ \t\r]*$", re.M)
 _MAX_PARTS = 1000  # MIME parts walked; the rest stays in the raw message, with a defect
 _RECOVER_DEPTH = 8  # multiparts with a lost boundary re-read within one another
 

@@ -49,8 +49,10 @@ def read_addresses(value: object, name: str, defects: list[str]) -> tuple[Addres
         return ()
     text = raw_text(value)
     if len(text) > _MAX_ADDRESS_HEADER:
-        defects.append(f"{name}: longer than {_MAX_ADDRESS_HEADER} characters; the rest not read")
-        text = text[:_MAX_ADDRESS_HEADER]
+        # the address usually ends the header: keep its start and its end
+        defects.append(f"{name}: longer than {_MAX_ADDRESS_HEADER} characters; only its start and end read")
+        half = _MAX_ADDRESS_HEADER // 2
+        text = text[:half] + " " + text[-half:]
     out = []
     for display, addr in _pairs(text, name, defects):
         addr = (addr or "").strip().strip("<>").strip()
