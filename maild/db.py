@@ -6,6 +6,7 @@ reps and categories are mirrored into their tables at start.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, select, text
@@ -22,6 +23,8 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # step with the migration scripts.
 SCHEMA_HEADS = frozenset({"0005"})
 
+log = logging.getLogger("maild.db")
+
 
 def normalise_url(url: str) -> str:
     """postgresql:// means psycopg 3, the driver maild ships with."""
@@ -31,10 +34,26 @@ def normalise_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
-def make_engine(url: str) -> Engine:
+def display_url(url: str) -> str:
+    """The URL as logs and messages may show it: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL at all: show no part of it that could be a secret
+        return "(invalid database URL)"
+
+
+def make_engine(url: str, lock_wait: float | None = None, write_first: bool = True) -> Engine:
+    """An engine for SQLite or PostgreSQL.
+
+    lock_wait: seconds a statement waits for a lock before it fails (SQLite:
+    10 by default; PostgreSQL: no limit unless given). write_first (SQLite):
+    every transaction takes the write lock at BEGIN; a reader passes False, and
+    under WAL then never waits for a writer.
+    """
     url = normalise_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 10})
+        wait = 10.0 if lock_wait is None else lock_wait
+        engine = create_engine(url, connect_args={"timeout": wait})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):
@@ -45,17 +64,29 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=FULL")
             cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=10000")
+            cur.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
             cur.close()
 
         @event.listens_for(engine, "begin")
         def _begin(conn):
             # IMMEDIATE: take the write lock up front, so a transaction that
             # reads then writes waits for another writer instead of failing.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A reader's plain BEGIN still gives it one snapshot for all its queries.
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if write_first else "BEGIN")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    connect_timeout = 10 if lock_wait is None else max(2, round(lock_wait))
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                           connect_args={"connect_timeout": connect_timeout})
+    if lock_wait is not None:
+
+        @event.listens_for(engine, "connect")
+        def _lock_timeout(dbapi_conn, _record):
+            with dbapi_conn.cursor() as cur:
+                cur.execute(f"SET lock_timeout = {int(lock_wait * 1000)}")
+            dbapi_conn.commit()
+
+    return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -80,9 +111,12 @@ def migrate(engine: Engine) -> None:
 
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    before = schema_heads(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "heads")
+    log.info("database %s: schema migrated from %s to %s", display_url(str(engine.url)),
+             ",".join(sorted(before)) or "nothing", ",".join(sorted(SCHEMA_HEADS)))
 
 
 def sync_config(session: Session, settings: Settings) -> None:
@@ -104,6 +138,24 @@ def sync_config(session: Session, settings: Settings) -> None:
     for gone in reps.values():
         gone.active = False
     session.commit()
+
+
+def unavailable(exc: BaseException) -> bool:
+    """The database is locked, down or unreachable: the command may work later.
+
+    Narrower than is_transient: a file the command could not read is no
+    reason to blame the database.
+    """
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def first_line(exc: BaseException) -> str:
+    """The driver's own message, one line, without SQLAlchemy's statement dump."""
+    orig = getattr(exc, "orig", None) or exc
+    text = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    return text[:300]
 
 
 def is_transient(exc: BaseException) -> bool:

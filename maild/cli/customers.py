@@ -17,12 +17,16 @@ from maild.config import Settings
 from maild.customers.admin import CustomerError, RecordFields, add_address, edit, link, merge, remove_address, split_tags
 from maild.customers.importer import import_users, read_users
 from maild.customers.queries import customer_json, list_customers, search_customers, show_customer
-from maild.cli import json_option, main, print_json, with_settings
+from maild.cli import json_option, main, print_json, reading, with_settings
 
 
 @main.group()
 def customers() -> None:
     """Customer identification records: find, show, import, link, merge, edit."""
+
+
+def _rules(settings: Settings) -> AddressRules:
+    return AddressRules(settings.ingest.fold_plus_addresses, settings.ingest.case_sensitive_local_part)
 
 
 @contextmanager
@@ -31,7 +35,7 @@ def _transaction(settings: Settings):
     app = build(settings)
     try:
         with app.sessions() as session, session.begin():
-            yield session, AddressRules(settings.ingest.fold_plus_addresses, settings.ingest.case_sensitive_local_part)
+            yield session, _rules(settings)
     except CustomerError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
@@ -68,7 +72,7 @@ def _print_rows(rows: list[dict], as_json: bool) -> None:
 @json_option
 def customers_list(settings: Settings, as_json: bool) -> None:
     """Every identification record (merged ones show under their survivor)."""
-    with _transaction(settings) as (session, _):
+    with reading(settings) as session:
         rows = list_customers(session)
     _print_rows(rows, as_json)
 
@@ -79,7 +83,7 @@ def customers_list(settings: Settings, as_json: bool) -> None:
 @click.argument("text")
 def customers_search(settings: Settings, as_json: bool, text: str) -> None:
     """Records by name, any address, phone number or tag."""
-    with _transaction(settings) as (session, _):
+    with reading(settings) as session:
         rows = search_customers(session, text)
     _print_rows(rows, as_json)
 
@@ -90,8 +94,12 @@ def customers_search(settings: Settings, as_json: bool, text: str) -> None:
 @click.argument("customer_id", type=int)
 def customers_show(settings: Settings, as_json: bool, customer_id: int) -> None:
     """A record and all its issues, re-checked against registered users first."""
-    with _transaction(settings) as (session, rules):
-        shown = show_customer(session, rules, customer_id)
+    # Read-only unless the re-check links or merges: then it waits for the write lock briefly.
+    try:
+        with reading(settings) as session:
+            shown = show_customer(session, _rules(settings), customer_id)
+    except CustomerError as exc:
+        raise click.ClickException(str(exc)) from None
     if shown is None:
         raise click.ClickException(f"no customer {customer_id}")
     for note in shown.notes:
@@ -111,7 +119,8 @@ def customers_show(settings: Settings, as_json: bool, customer_id: int) -> None:
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 def customers_import(settings: Settings, as_json: bool, fmt: str, path: str) -> None:
     """Import or update registered users from the site's user list (CSV or JSON)."""
-    data = click.get_binary_stream("stdin").read() if path == "-" else Path(path).read_bytes()
+    with click.open_file(path, "rb") as stream:  # "-" is stdin
+        data = stream.read()
     if fmt == "auto":
         suffix = Path(path).suffix.lower()
         fmt = suffix[1:] if suffix in (".csv", ".json") else ("json" if data.lstrip()[:1] == b"[" else "csv")
@@ -157,13 +166,13 @@ def customers_merge(settings: Settings, as_json: bool, source_id: int, target_id
 @with_settings
 @json_option
 @click.argument("customer_id", type=int)
-@click.option("--name")
-@click.option("--postal-code")
-@click.option("--phone")
+@click.option("--name", help="The customer's name.")
+@click.option("--postal-code", help="Postal code.")
+@click.option("--phone", help="Phone number.")
 @click.option("--other-id-info", help="Whatever else identifies them.")
 @click.option("--tags", help='Replace the tags ("vip new"; "" clears).')
-@click.option("--add-tag", multiple=True)
-@click.option("--remove-tag", multiple=True)
+@click.option("--add-tag", multiple=True, help="Add a tag; repeatable.")
+@click.option("--remove-tag", multiple=True, help="Remove a tag; repeatable.")
 @click.option("--language", help="A language tag such as en or pt-BR.")
 @click.option("--time-zone", help="A time zone such as Europe/Berlin.")
 @click.option("--birthday", help="YYYY-MM-DD.")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from collections.abc import Iterable, Iterator
 
 import click
@@ -12,14 +11,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from maild.ingest import quarantine as quarantine_view
 from maild.app import build
-from maild.config import Settings
-from maild.db import is_transient
+from maild.config import IngestConfig, Settings
+from maild.db import first_line, is_transient
 from maild.ingest.stages.classify import OwnMail, classify
 from maild.ingest.intake import Incoming, accept_many
 from maild.ingest.stages.parse import as_json as parsed_json
 from maild.ingest.stages.parse import parse
 from maild.ingest.sources import SourceError, open_source
-from maild.cli import EX_DATAERR, EX_TEMPFAIL, json_option, main, print_json, with_settings
+from maild.cli import EX_DATAERR, EX_TEMPFAIL, json_option, main, print_json, with_optional_settings, with_settings
 
 
 def _read_limited(stream, limit: int, name: str) -> bytes:
@@ -39,6 +38,8 @@ def ingest(settings: Settings, mailbox_name: str | None, files: tuple[str, ...])
 
     Exit 0 when every message is stored (or quarantined), 75 on a transient
     failure such as a locked or unreachable database, so the MTA retries.
+    A message stored earlier but never processed (the run that stored it
+    died) is processed now.
     """
     mailbox = settings.mailbox_named(mailbox_name) if mailbox_name else settings.mailbox[0]
     limit = settings.ingest.max_message_size
@@ -55,20 +56,25 @@ def ingest(settings: Settings, mailbox_name: str | None, files: tuple[str, ...])
         accepted = accept_many(app.sessions, items)
     except Exception as exc:
         if is_transient(exc):
-            click.echo(f"maild: cannot store the message now, try again later: {exc}", err=True)
+            click.echo(f"maild: cannot store the message now, try again later: {first_line(exc)}", err=True)
             sys.exit(EX_TEMPFAIL)
         raise
     # Stored: from here on the message is ours; processing failures quarantine it.
+    # Duplicates go in too: the pipeline takes only rows still pending, so a copy
+    # stranded by an earlier run that died before processing it is processed now.
+    processed: set[int] = set()
     try:
-        for o in app.pipeline.process([a.raw_id for a in accepted if not a.duplicate]):
+        for o in app.pipeline.process(list(dict.fromkeys(a.raw_id for a in accepted))):
+            processed.add(o.raw_id)
             detail = o.stored.outcome if o.stored else f"quarantined at {o.stage}: {o.error}"
             issue = f" issue {o.stored.issue_id}" if o.stored and o.stored.issue_id else ""
             click.echo(f"raw {o.raw_id}: {detail}{issue}", err=True)
     except Exception as exc:
-        click.echo(f"maild: stored, processing deferred: {exc}", err=True)
+        click.echo(f"maild: stored, processing deferred: {first_line(exc)}", err=True)
     for a in accepted:
-        if a.duplicate:
+        if a.duplicate and a.raw_id not in processed:
             click.echo(f"raw {a.raw_id}: duplicate, nothing new", err=True)
+    app.close()
 
 
 BATCH_BYTES = 64 * 1024 * 1024  # two batches are in memory at once: one parsing, one storing
@@ -133,15 +139,19 @@ def import_(settings: Settings, mailbox_name: str, batch: int, path: str) -> Non
 
 
 @main.command("parse")
-@with_settings
+@with_optional_settings
 @json_option
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def parse_cmd(settings: Settings, as_json: bool, file: str) -> None:
-    """Show how maild reads one message."""
-    raw = Path(file).read_bytes()
+def parse_cmd(settings: Settings | None, as_json: bool, file: str) -> None:
+    """Show how maild reads one message (without -c: built-in defaults, no own addresses)."""
+    limit = settings.ingest.max_message_size if settings else IngestConfig().max_message_size
+    with open(file, "rb") as fh:
+        raw = _read_limited(fh, limit, file)
     msg = parse(raw)
-    cls = classify(msg.message, msg.from_.email if msg.from_ else None,
-                   OwnMail(settings.own_addresses, settings.message_id_domain))
+    if msg.message is None:  # parse keeps the MIME tree for classify; a record without one is a bug
+        raise click.ClickException(f"{file}: the parser kept no message to classify")
+    own = OwnMail(settings.own_addresses, settings.message_id_domain) if settings else OwnMail(frozenset(), None)
+    cls = classify(msg.message, msg.from_.email if msg.from_ else None, own)
     data = parsed_json(msg, cls.auto, cls.bounce.as_json() if cls.bounce else None)
     if as_json:
         print_json(data)

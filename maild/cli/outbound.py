@@ -13,7 +13,12 @@ from maild.models import OutboxMessage, RawMessage, utcnow
 from maild.outbound.automatic import NotifyError, send_automatic
 from maild.outbound.templates import TemplateError
 from maild.timefmt import iso
-from maild.cli import json_option, main, print_json, with_settings
+from maild.cli import json_option, main, print_json, reading, with_settings
+
+# Every status an outbox row can have (models.OutboxMessage.status, set by the
+# outbox, the sender and held replies); `outbox list --status` and `maild
+# status` take them from here. "unknown": the relay's answer was lost mid-send.
+OUTBOX_STATUSES = ("queued", "sending", "sent", "held", "failed", "unknown")
 
 
 def outbox_json(row: OutboxMessage) -> dict:
@@ -42,10 +47,10 @@ def outbox() -> None:
 @outbox.command("list")
 @with_settings
 @json_option
-@click.option("--status", type=click.Choice(["queued", "sending", "sent", "failed"]))
+@click.option("--status", type=click.Choice(OUTBOX_STATUSES), help="Only mail with this status.")
 def outbox_list(settings: Settings, as_json: bool, status: str | None) -> None:
-    app = build(settings)
-    with app.sessions() as session:
+    """Mail in the outbox: id, status, kind, issue, recipients, last error."""
+    with reading(settings) as session:
         q = select(OutboxMessage).order_by(OutboxMessage.id)
         if status:
             q = q.where(OutboxMessage.status == status)
@@ -124,8 +129,8 @@ def bounces() -> None:
 @with_settings
 @json_option
 def bounces_list(settings: Settings, as_json: bool) -> None:
-    app = build(settings)
-    with app.sessions() as session:
+    """Bounces kept on their raw message because they matched no mail of ours."""
+    with reading(settings) as session:
         rows = session.scalars(
             select(RawMessage).where(RawMessage.outcome == "unmatched-bounce").order_by(RawMessage.id)
         ).all()

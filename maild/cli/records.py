@@ -11,7 +11,7 @@ from maild.addresses import AddressRules
 from maild.app import build
 from maild.config import Settings
 from maild.models import RawMessage
-from maild.cli import json_option, main, print_json, with_settings
+from maild.cli import json_option, main, reading, print_json, with_settings
 
 
 def _issue_line(i: dict) -> str:
@@ -19,6 +19,40 @@ def _issue_line(i: dict) -> str:
         f"#{i['id']:<6} {i['status']:<7} {i['category']:<14} {i['interactions']:>3}  "
         f"{(i['customer'] or '-'):<30} {i['subject'][:60]}"
     )
+
+
+def _who(i: dict) -> str:
+    who = f"{i['from_name']} <{i['from']}>" if i["from_name"] and i["from"] else (i["from"] or i["from_name"] or "-")
+    return f"{who} (rep {i['rep_name']})" if i.get("rep_name") else who
+
+
+def issue_text(data: dict) -> list[str]:
+    """A whole case as a rep reads it: the issue's fields, then each interaction in order."""
+    record = data["customer_record"]
+    customer = data["customer"] or "-"
+    if record and record["name"]:
+        customer = f"{record['name']} <{customer}> (customer {record['id']})"
+    elif record:
+        customer = f"{customer} (customer {record['id']})"
+    fields = [
+        ("Issue", f"#{data['id']}"), ("Subject", data["subject"]), ("Status", data["status"]),
+        ("Category", data["category"]), ("Priority", data["priority"]), ("Mailbox", data["mailbox"]),
+        ("Customer", customer), ("Assignee", data["assignee"] or "-"),
+        ("Tags", " ".join(data["tags"]) or "-"), ("Cc", ", ".join(data["cc"]) or "-"),
+        ("Created", data["created"]), ("Updated", data["updated"] or "-"), ("Closed", data["closed"] or "-"),
+        ("Order", data["order_id"] or "-"), ("Gift certificate", data["gift_certificate_id"] or "-"),
+    ]
+    lines = [f"{name + ':':<18}{value}" for name, value in fields]
+    for n, i in enumerate(data["interactions"], 1):
+        auto = f" [auto: {i['auto']}]" if i["auto"] else ""
+        lines += ["", f"--- {n}. {i['direction']} {i['kind']} from {_who(i)}, {i['date'] or i['created']}{auto}"]
+        lines += [f"Subject: {i['subject']}"]
+        lines += [f"Follow-up: {f}" for f in i["follow_up_required"]]
+        lines += [f"Attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)" for a in i["attachments"]]
+        lines += ["", i["new_text"].rstrip()]
+    if not data["interactions"]:
+        lines += ["", "(no interactions)"]
+    return lines
 
 
 @main.group()
@@ -29,14 +63,14 @@ def issues() -> None:
 @issues.command("list")
 @with_settings
 @json_option
-@click.option("--status", type=click.Choice(["open", "pending", "closed"]))
-@click.option("--category")
-@click.option("--customer", help="Customer email address.")
+@click.option("--status", type=click.Choice(["open", "pending", "closed"]), help="Only issues with this status.")
+@click.option("--category", help="Only issues in this category.")
+@click.option("--customer", help="Only issues of the customer with this email address.")
 def issues_list(settings: Settings, as_json: bool, status, category, customer) -> None:
-    app = build(settings)
+    """Issues, oldest first: id, status, category, interactions, customer, subject."""
     if customer:
         customer = AddressRules(settings.ingest.fold_plus_addresses, settings.ingest.case_sensitive_local_part).key(customer)
-    with app.sessions() as session:
+    with reading(settings) as session:
         rows = queries.list_issues(session, status, category, customer)
     if as_json:
         print_json(rows)
@@ -50,20 +84,15 @@ def issues_list(settings: Settings, as_json: bool, status, category, customer) -
 @json_option
 @click.argument("issue_id", type=int)
 def issues_show(settings: Settings, as_json: bool, issue_id: int) -> None:
-    app = build(settings)
-    with app.sessions() as session:
+    """An issue, its customer and its interactions in order."""
+    with reading(settings) as session:
         data = queries.show_issue(session, issue_id)
     if data is None:
         raise click.ClickException(f"no issue #{issue_id}")
     if as_json:
         print_json(data)
         return
-    click.echo(_issue_line(data))
-    for i in data["interactions"]:
-        auto = f" [auto: {i['auto']}]" if i["auto"] else ""
-        click.echo(f"\n--- {i['direction']} {i['kind']} {i['date'] or ''} from {i['from']}{auto}")
-        click.echo(f"Subject: {i['subject']}")
-        click.echo(i["new_text"])
+    click.echo("\n".join(issue_text(data)))
 
 
 @main.group()
@@ -75,8 +104,8 @@ def quarantine() -> None:
 @with_settings
 @json_option
 def quarantine_list(settings: Settings, as_json: bool) -> None:
-    app = build(settings)
-    with app.sessions() as session:
+    """Quarantined messages: id, mailbox, the stage that failed, the error."""
+    with reading(settings) as session:
         rows = quarantine_view.list_quarantine(session)
     if as_json:
         print_json(rows)
@@ -97,8 +126,8 @@ def _quarantined(session, raw_id: int) -> RawMessage:
 @json_option
 @click.argument("raw_id", type=int)
 def quarantine_show(settings: Settings, as_json: bool, raw_id: int) -> None:
-    app = build(settings)
-    with app.sessions() as session:
+    """One quarantined message: why it failed, and its raw text."""
+    with reading(settings) as session:
         data = quarantine_view.quarantine_json(_quarantined(session, raw_id), with_raw=True)
     if as_json:
         print_json(data)
@@ -115,10 +144,16 @@ def quarantine_show(settings: Settings, as_json: bool, raw_id: int) -> None:
 @click.argument("raw_ids", type=int, nargs=-1)
 def quarantine_retry(settings: Settings, retry_all: bool, raw_ids: tuple[int, ...]) -> None:
     """Run quarantined messages through the pipeline again (stored exactly once)."""
+    if not raw_ids and not retry_all:
+        raise click.ClickException("name the messages to retry (ids from `maild quarantine list`) or pass --all")
+    if raw_ids and retry_all:
+        raise click.ClickException("give message ids or --all, not both")
     app = build(settings)
     with app.sessions() as session, session.begin():
         if retry_all:
             raw_ids = tuple(r["id"] for r in quarantine_view.list_quarantine(session))
+            if not raw_ids:
+                raise click.ClickException("nothing in quarantine to retry")
         for rid in raw_ids:
             _quarantined(session, rid).state = "pending"
     for o in app.pipeline.process(raw_ids):

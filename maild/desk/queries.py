@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from maild.customers import queries as customers
 from maild.timefmt import iso as _iso
-from maild.models import Action, Category, Customer, CustomerAddress, Interaction, Issue
+from maild.models import Action, Category, Customer, CustomerAddress, Interaction, Issue, Rep
 
 
 def _primary_email(customer: Customer | None) -> str | None:
@@ -65,7 +65,7 @@ def list_issues(
     return [_issue_row(issue, n, last) for issue, n, last in session.execute(q)]
 
 
-def interaction_json(i: Interaction) -> dict:
+def interaction_json(i: Interaction, rep_names: dict[int, str] | None = None) -> dict:
     return {
         "id": i.id,
         "direction": i.direction,
@@ -83,6 +83,8 @@ def interaction_json(i: Interaction) -> dict:
         "bounce": i.bounce,
         "thread_reason": i.thread_reason,
         "rep": i.rep_id,
+        "rep_name": (rep_names or {}).get(i.rep_id) if i.rep_id else None,
+        "created": _iso(i.created_at),
         "attachments": [
             {"filename": a.filename, "content_type": a.content_type, "size": a.size, "sha256": a.sha256}
             for a in i.attachments
@@ -108,5 +110,9 @@ def show_issue(session: Session, issue_id: int) -> dict | None:
     out["order_id"] = issue.order_id
     out["gift_certificate_id"] = issue.gift_certificate_id
     out["customer_record"] = customers.customer_json(issue.customer) if issue.customer else None
-    out["interactions"] = [interaction_json(i) for i in interactions]
+    rep_ids = {i.rep_id for i in interactions if i.rep_id}
+    rep_names: dict[int, str] = {}
+    if rep_ids:
+        rep_names = {rid: name for rid, name in session.execute(select(Rep.id, Rep.name).where(Rep.id.in_(rep_ids)))}
+    out["interactions"] = [interaction_json(i, rep_names) for i in interactions]
     return out
