@@ -40,7 +40,6 @@ relay_recipient_maps = hash:{{config}}/maild_recipients
 transport_maps = hash:{{config}}/maild_transport
 recipient_delimiter = +
 mynetworks = 127.0.0.0/8
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
 message_size_limit = 26214400
 relayhost = [127.0.0.1]:{sink}
 """
