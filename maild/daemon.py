@@ -270,8 +270,9 @@ class Daemon:
 
     def __init__(self, settings: Settings, intake: Intake, listeners: Sequence[smtp.Listener],
                  jobs: Sequence[Job], services: Sequence[Service], on_hup: Callable[[], None] | None = None,
-                 closers: Sequence[Callable[[], None]] = ()) -> None:
+                 closers: Sequence[Callable[[], None]] = (), banner: str = "") -> None:
         self.settings, self.intake, self.on_hup = settings, intake, on_hup
+        self.banner = banner  # logged once listening: what a first run needs to know
         self.listeners, self.jobs, self.services = list(listeners), list(jobs), list(services)
         self.closers = list(closers)
         self.ready = threading.Event()  # set once listening and running
@@ -334,6 +335,8 @@ class Daemon:
         scheduler.start()
         log.info("started %s pending=%d", " ".join(f"{lst.proto}={lst.address}" for lst in self.listeners),
                  self.intake.pending)
+        if self.banner:
+            log.info("%s", self.banner)
         sd_notify("READY=1")
         self.ready.set()
         try:
@@ -368,6 +371,26 @@ class Daemon:
             close()
 
 
+def describe_outbound(relay: str) -> str:
+    """Where outgoing mail goes, in words: a relay, or a local Maildir or mbox (outbound.relay)."""
+    kind, _, path = relay.partition(":")
+    if kind == "maildir":
+        return f"written to the Maildir {os.path.abspath(path)}"
+    if kind == "mbox":
+        return f"appended to the mbox file {os.path.abspath(path)}"
+    return f"sent through the relay {relay}"
+
+
+def start_banner(settings: Settings, tokens: bool) -> str:
+    """One line at start: where maild listens, its database, where mail goes, reply tokens."""
+    listen = f"SMTP on {settings.smtp.listen}"
+    if settings.smtp.lmtp_listen:
+        listen += f", LMTP on {settings.smtp.lmtp_listen}"
+    return (f"listening: {listen}; database {db.display_url(settings.database.url)}; "
+            f"outgoing mail {describe_outbound(settings.outbound.relay)}; "
+            f"reply tokens {'on' if tokens else 'off (' + settings.security.secret_env + ' not set or too short)'}")
+
+
 def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, app: App | None = None) -> Daemon:
     """The daemon's composition root, on top of app.build()."""
     app = app or build(settings, workers=os.cpu_count() or 1)  # parse in worker processes
@@ -387,4 +410,4 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
         *imap_services(app, on_stored=intake.arrived),
     ]
     return Daemon(settings, intake, smtp.listeners(settings, intake), jobs, services, on_hup,
-                  closers=[app.close, engine.dispose])
+                  closers=[app.close, engine.dispose], banner=start_banner(settings, app.signer is not None))

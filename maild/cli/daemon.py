@@ -11,7 +11,7 @@ import click
 
 from maild.config import ConfigError, Settings, load
 from maild.db import is_transient
-from maild.cli import EX_CONFIG, EX_TEMPFAIL, main, with_settings
+from maild.cli import EX_CONFIG, EX_TEMPFAIL, main, secret_advice, with_settings
 
 EX_OSERR = 71
 
@@ -19,7 +19,8 @@ log = logging.getLogger("maild.daemon")
 
 
 def _log_levels() -> None:
-    """One line per accepted, refused and processed message; the libraries' chatter only with -vv."""
+    """One line per accepted, refused and processed message; the libraries' chatter
+    (aiosmtpd, APScheduler, and Alembic: see setup_logging) only with -vv."""
     root = logging.getLogger()
     if root.level > logging.INFO:
         root.setLevel(logging.INFO)
@@ -73,7 +74,10 @@ def run(settings: Settings) -> None:
     from maild.daemon import build_daemon  # the daemon's imports only for `run`
 
     _log_levels()
-    config_path = click.get_current_context().params.get("config_path")
+    config_path = click.get_current_context().meta.get("maild.config_path")
+    advice = secret_advice(settings)
+    if advice:
+        log.warning("%s", advice)
     try:
         daemon = build_daemon(settings, on_hup=functools.partial(check_reload, settings, config_path))
         sys.exit(daemon.run())
