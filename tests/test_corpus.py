@@ -8,6 +8,7 @@ auto-replies opens an issue. Skipped when the corpus is absent.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 
 import pytest
@@ -87,3 +88,47 @@ def test_no_bounce_complaint_or_auto_reply_opens_an_issue(app):
         assert s.scalar(select(func.count()).select_from(OutboxMessage)) == 0  # no automatic mail in answer
         outcomes = Counter(s.scalars(select(RawMessage.outcome)))
     assert set(outcomes) <= {"unmatched-auto", "unmatched-bounce"}, outcomes
+
+
+_MOJIBAKE = re.compile("[\ufffd\u0080-\u009f]")  # replacement characters, C1 controls
+_SENDER_HEADER = re.compile(rb"^(?:From|Sender|Reply-To|Return-Path):[^\n]*@", re.M | re.I)
+
+
+def _parsed_corpus():
+    for folder in ("mime", "bounces"):
+        for path in corpus_files(folder):
+            raw = path.read_bytes()
+            yield path, raw, parse(raw)
+
+
+def test_no_message_that_names_a_sender_is_left_without_one():
+    corpus_dir("mime")
+    missing = []
+    for path, raw, p in _parsed_corpus():
+        head = re.split(rb"\r?\n\r?\n", raw, maxsplit=1)[0]
+        if p.from_ is None and _SENDER_HEADER.search(head):
+            missing.append(str(path.relative_to(CORPUS)))
+    assert missing == []
+
+
+def test_decoded_subjects_and_names_have_no_mojibake():
+    corpus_dir("mime")
+    bad = []
+    for path, raw, p in _parsed_corpus():
+        if b"\xef\xbf\xbd" in raw:  # the sender's own replacement characters are kept as sent
+            continue
+        for text in (p.subject, *(a.name for a in (p.from_, *p.to, *p.cc, *p.reply_to) if a is not None)):
+            if _MOJIBAKE.search(text):
+                bad.append((str(path.relative_to(CORPUS)), text[:80]))
+    assert bad == []
+
+
+def test_no_multipart_container_becomes_an_attachment():
+    corpus_dir("mime")
+    found = [
+        (str(path.relative_to(CORPUS)), a.filename)
+        for path, _, p in _parsed_corpus()
+        for a in p.attachments
+        if a.content_type.startswith("multipart/")
+    ]
+    assert found == []

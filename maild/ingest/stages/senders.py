@@ -23,8 +23,9 @@ from maild.ingest.stages.records import Address
 Message = email.message.Message
 
 ADDR_RE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
-_VALID = re.compile(r"[^\s@<>()\[\],;:\"]{1,64}@[^\s@<>()\[\],;:\"]{1,255}")
+_VALID = re.compile(r"(?:\"[^\"\r\n]{1,64}\"|[^\s@<>()\[\],;:\"]{1,64})@[^\s@<>()\[\],;:\"]{1,255}")
 _MAX_ADDRESS_HEADER = 64 * 1024  # characters of an address header read
+_HEADER_LINE = re.compile(r"^[!-9;-~]{1,76}:", re.M)
 _FALLBACKS = ("Sender", "Reply-To", "Return-Path")
 
 
@@ -89,6 +90,26 @@ def _from_name(msg: Message, defects: list[str]) -> str:
     return ""
 
 
+def _from_after_broken_line(msg: Message, defects: list[str]) -> Address | None:
+    """A From in header lines the stdlib put into the body, after a line in the header
+    block that is no header (it ends the headers there)."""
+    if not any(type(d).__name__ == "MissingHeaderBodySeparatorDefect" for d in msg.defects):
+        return None
+    payload = msg.get_payload()
+    if not isinstance(payload, str):
+        return None
+    block = re.split(r"\r?\n[ \t]*\r?\n", payload[:_MAX_ADDRESS_HEADER], maxsplit=1)[0]
+    start = _HEADER_LINE.search(block)  # past the stray line(s)
+    if start is None:
+        return None
+    rest = email.message_from_string(block[start.start() :])
+    for value in rest.get_all("From") or ():
+        for candidate in read_addresses(value, "From", []):
+            defects.append("From: found below a line in the header block that is no header")
+            return candidate
+    return None
+
+
 def recover_sender(msg: Message, from_: tuple[Address, ...], envelope_from: str | None, defects: list[str]) -> Address | None:
     """The sender: the first valid From, else Sender, Reply-To, Return-Path, the envelope
     sender. Each step past a clean From is recorded in defects."""
@@ -102,6 +123,9 @@ def recover_sender(msg: Message, from_: tuple[Address, ...], envelope_from: str 
         if found is not None:
             defects.append("From: address found in an unreadable From header")
             return found
+    found = _from_after_broken_line(msg, defects)
+    if found is not None:
+        return found
     reason = "From: missing" if not values else "From: no valid address"
     name = _from_name(msg, defects)
     for header in _FALLBACKS:
