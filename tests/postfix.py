@@ -109,9 +109,13 @@ class Postfix:
         text = MAIN.format(root=self.root, hostname=hostname) + main.replace("{config}", str(self.config))
         (self.config / "main.cf").write_text(text)
         (self.config / "master.cf").write_text(MASTER.format(port=self.port))
-        for name, table in (maps or {}).items():
-            (self.config / name).write_text(table)
-            self._run("postmap", f"hash:{self.config / name}")
+        try:
+            for name, table in (maps or {}).items():
+                (self.config / name).write_text(table)
+                self._run("postmap", f"hash:{self.config / name}")
+        except BaseException:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         path = shutil.which(args[0], path=SBIN) or args[0]
@@ -125,8 +129,8 @@ class Postfix:
         """Create the queue (owned as `postfix check` wants it) and start; wait for the SMTP port."""
         postfix_binary()
         self._run("postfix", "check")
+        self.started = True  # from here on `stop` has something to stop, even if start fails half-way
         self._run("postfix", "start")
-        self.started = True
         deadline = time.monotonic() + timeout
         while True:
             try:

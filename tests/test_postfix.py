@@ -105,20 +105,22 @@ class Deployment:
 def deployment(tmp_path, db_url):
     sink = SinkProcess(tmp_path / "sink", free_port())
     sink.folder.mkdir()
-    sink.start("--reject", "gone@example.com")
     lmtp = free_port()
-    postfix = Postfix(main=MAIN_CF.format(sink=sink.port),
-                      maps={"maild_transport": TRANSPORT.format(lmtp=lmtp, sink=sink.port),
-                            "maild_recipients": RECIPIENTS})
+    postfix = None
     try:
+        sink.start("--reject", "gone@example.com")
+        postfix = Postfix(main=MAIN_CF.format(sink=sink.port),
+                          maps={"maild_transport": TRANSPORT.format(lmtp=lmtp, sink=sink.port),
+                                "maild_recipients": RECIPIENTS})
         postfix.start()
         extra = (f'[smtp]\nlisten = "127.0.0.1:{free_port()}"\nlmtp_listen = "127.0.0.1:{lmtp}"\n\n'
                  '[daemon]\ndrain_interval = 0.5\n\n'
                  f'[outbound]\nrelay = "127.0.0.1:{postfix.port}"\nsend_interval = 0.3\n')
         yield Deployment(postfix, sink, write_config(tmp_path / "maild.toml", db_url, extra=extra))
     finally:
-        print(f"Postfix log:\n{postfix.log()}")  # shown when the test failed
-        postfix.close()
+        if postfix is not None:
+            print(f"Postfix log:\n{postfix.log()}")  # shown when the test failed
+            postfix.close()
         sink.stop()
 
 
@@ -131,8 +133,9 @@ def customer_mail(subject: str, msgid: str, body: str, frm: str = "Pat <pat@exam
 
 def test_customer_rep_and_bounce_through_postfix(deployment):
     d = deployment
-    maild = Maild(d.config).start()
+    maild = Maild(d.config)
     try:
+        maild.start()
         # Postfix refuses an address that is no mailbox itself, before maild sees it.
         with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
             d.send(customer_mail("Hello?", "<nobody1@example.com>", "Anyone?"), ["nobody@acme.test"])
@@ -169,7 +172,8 @@ def test_customer_rep_and_bounce_through_postfix(deployment):
         assert "gone@example.com" in bounces[0]["bounce"]["recipients"]
         assert len(d.issues()) == 2  # the bounce opened nothing
     finally:
-        assert maild.stop() == 0
+        status = maild.stop()
+    assert status == 0
 
 
 def test_postfix_holds_mail_while_maild_is_down(deployment, db_url):
@@ -185,13 +189,14 @@ def test_postfix_holds_mail_while_maild_is_down(deployment, db_url):
     (rcpt,) = held["recipients"]
     assert rcpt["address"] == "support@acme.test" and "Connection refused" in rcpt["delay_reason"]
 
-    maild = Maild(d.config).start()
-    db = Db(db_url)
+    maild, db = Maild(d.config), Db(db_url)
     try:
+        maild.start()
         d.postfix.flush()  # as an admin would; otherwise Postfix retries on its own schedule
         db.wait_processed(1)
         assert db.inbound_subjects() == {"While you were out": 1}
         d.wait(lambda: not [q for q in d.postfix.queue() if q["sender"] == "pat@example.com"], "an empty queue")
     finally:
         db.close()
-        assert maild.stop() == 0
+        status = maild.stop()
+    assert status == 0
