@@ -6,6 +6,7 @@ import signal
 import smtplib
 import socket
 import threading
+import time
 
 import pytest
 
@@ -212,3 +213,56 @@ def test_run_exits_71_when_the_port_is_taken(tmp_path):
         r = run_maild("run", "-c", str(config), timeout=60)
     assert r.returncode == 71, r.stderr
     assert b"cannot listen" in r.stderr
+
+
+def _rows(db, query) -> list[tuple]:
+    with db.engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(query)]
+
+
+def test_one_mail_for_two_mailboxes_by_smtp_and_imap_is_one_interaction(tmp_path, db_url, db, procs):
+    """support@ takes SMTP; billing@ is drained from a real Dovecot. A mail to support@ with
+    billing@ in Cc arrives both ways, in either order: one raw message, one issue, one
+    interaction, one acknowledgement; the later copy is on record."""
+    from dovecot import PASSWORD, Dovecot
+    from sqlalchemy import func, select
+
+    from daemon_helpers import free_port
+    from maild.models import Interaction, Issue, OutboxMessage, RawMessage, RawMessageCopy
+
+    with Dovecot(user="billing") as server:
+        boxes = (
+            '[[mailbox]]\nname = "support"\naddress = "support@acme.test"\n\n'
+            '[[mailbox]]\nname = "billing"\naddress = "billing@acme.test"\ncategory = "billing"\n'
+            f'[mailbox.imap]\nhost = "127.0.0.1"\nport = {server.port}\ntls = "none"\nuser = "billing"\n'
+            'password_env = "MAILD_TEST_IMAP_PASSWORD"\npoll_interval = 1.0\n'
+        )
+        extra = (f'[smtp]\nlisten = "127.0.0.1:{free_port()}"\n\n[daemon]\ndrain_interval = 1.0\n\n'
+                 f'[outbound]\nrelay = "127.0.0.1:{free_port()}"\n')  # nothing listens: nothing leaves
+        config = write_config(tmp_path / "maild.toml", db_url, extra=extra, mailboxes=boxes)
+        procs.append(maild := Maild(config, env={"MAILD_TEST_IMAP_PASSWORD": PASSWORD}).start())
+        maild.wait_for("first sync")  # what arrives from now on is live mail
+        smtp_first = message("Refund for order 1", cc="billing@acme.test", msgid="<order1@example.com>")
+        imap_first = message("Refund for order 2", cc="billing@acme.test", msgid="<order2@example.com>")
+        with smtp_client(config) as s:
+            s.sendmail("pat@example.com", ["support@acme.test"], smtp_first)
+        db.wait_processed(1)
+        server.append("INBOX", b"Delivered-To: billing@acme.test\r\n" + smtp_first,
+                      b"Delivered-To: billing@acme.test\r\n" + imap_first)
+        db.wait_processed(2)
+        with smtp_client(config) as s:
+            s.sendmail("pat@example.com", ["support@acme.test"], imap_first)
+        copies = select(RawMessageCopy.mailbox, RawMessageCopy.source).order_by(RawMessageCopy.id)
+        deadline = time.monotonic() + 60
+        while len(rows := _rows(db, copies)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert rows == [("billing", "imap"), ("support", "smtp")]
+        db.wait_processed(2)
+        assert db.raw_mailboxes() == ["support", "support"]  # the first mailbox in config order
+        assert db.inbound_subjects() == {"Refund for order 1": 1, "Refund for order 2": 1}
+        assert db.scalar(select(func.count()).select_from(Issue)) == 2
+        assert db.scalar(select(func.count()).select_from(Interaction).where(Interaction.raw_message_id.is_not(None))) == 2
+        kinds = _rows(db, select(OutboxMessage.kind, func.count()).group_by(OutboxMessage.kind))
+        assert dict(kinds)["acknowledgement"] == 2  # one per message, not per copy
+        assert db.scalar(select(func.count()).select_from(RawMessage)) == 2
+        assert maild.stop() == 0

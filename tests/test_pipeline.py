@@ -272,3 +272,120 @@ def test_reply_long_after_close_opens_a_new_issue_linked_to_the_old(tmp_path, db
     old_ids = [i["message_id"] for i in issue(app, first.stored.issue_id)["interactions"]]
     assert "old2@example.com" in old_ids  # the reply is linked to the old issue too
     app.close()
+
+
+# Bounded work per message: parse and classify run in a worker process under a budget.
+
+def _budget_app(tmp_path, db_url, monkeypatch, **ingest):
+    from maild.app import build
+    from maild.config import load
+    from conftest import SECRET, write_config
+
+    monkeypatch.setenv("MAILD_SECRET", SECRET)
+    extra = "[ingest]\n" + "".join(f"{k} = {v}\n" for k, v in ingest.items())
+    return build(load(write_config(tmp_path / "budget.toml", db_url, extra=extra)))
+
+
+def parse_or_hang(data, envelope_to, own, memory, envelope_from=None):
+    """A worker task for a message that never finishes parsing (marked X-Test-Parse: hang)."""
+    import time
+
+    from maild.ingest.budget import _prepare_limited
+
+    if b"X-Test-Parse: hang" in data:
+        time.sleep(3600)
+    return _prepare_limited(data, envelope_to, own, memory, envelope_from)
+
+
+def _store(app, *raws) -> list[int]:
+    return [accept(app.sessions, Incoming(raw, "support", "smtp")).raw_id for raw in raws]
+
+
+def _states(app, raw_ids) -> dict[int, tuple]:
+    with app.sessions() as s:
+        rows = s.execute(select(RawMessage.id, RawMessage.state, RawMessage.stage, RawMessage.error)
+                         .where(RawMessage.id.in_(raw_ids)))
+        return {r.id: (r.state, r.stage, r.error) for r in rows}
+
+
+def test_a_message_over_its_time_budget_is_quarantined_and_its_batch_goes_on(tmp_path, db_url, monkeypatch):
+    from maild.ingest.budget import Budget
+
+    app = _budget_app(tmp_path, db_url, monkeypatch, parse_timeout=2.0)
+    app.pipeline.budget.close()
+    app.pipeline.budget = Budget(app.pipeline.own_mail, 2.0, app.settings.ingest.parse_memory, task=parse_or_hang)
+    normal = [mail(subject=f"Normal {i}", msgid=f"<n{i}@example.com>") for i in range(3)]
+    hostile = mail(subject="Hostile", msgid="<hang@example.com>", headers={"X-Test-Parse": "hang"})
+    ids = _store(app, normal[0], hostile, normal[1], normal[2])
+    outcomes = {o.raw_id: o for o in app.pipeline.process(ids)}
+    assert (outcomes[ids[1]].state, outcomes[ids[1]].stage, outcomes[ids[1]].error) == (
+        "quarantined", "parse", "too-slow: over 2 s")
+    assert [outcomes[i].state for i in (ids[0], ids[2], ids[3])] == ["done"] * 3
+    assert count(app, Interaction) == 3
+    # The stopped worker was replaced: the next message is parsed as usual.
+    (after,) = app.pipeline.process(_store(app, mail(subject="After", msgid="<after@example.com>")))
+    assert after.state == "done"
+    app.close()
+    # A restart does not try it again: it is in quarantine, not pending.
+    again = _budget_app(tmp_path, db_url, monkeypatch, parse_timeout=2.0)
+    assert again.pipeline.drain().counts == {}
+    assert _states(again, [ids[1]])[ids[1]][0] == "quarantined"
+    with again.sessions() as s:
+        (row,) = quarantine_view.list_quarantine(s)
+    assert row["stage"] == "parse" and row["error"] == "too-slow: over 2 s"
+    again.close()
+
+
+def hostile_subject(words: int) -> bytes:
+    """A Subject of `words` RFC 2047 encoded words: minutes of CPU in the parser before its rewrite."""
+    subject = " ".join(f"=?iso-8859-{1 + i % 9}?q?abc=E9?=" for i in range(words))
+    return (f"From: eve@example.com\r\nTo: support@acme.test\r\nMessage-ID: <words{words}@example.com>\r\n"
+            f"Subject: {subject}\r\n\r\nhello\r\n").encode()
+
+
+def test_a_hostile_subject_never_holds_up_the_mail_beside_it(tmp_path, db_url, monkeypatch):
+    app = _budget_app(tmp_path, db_url, monkeypatch, parse_timeout=1.0)
+    ids = _store(app, mail(subject="Before", msgid="<before@example.com>"), hostile_subject(32000),
+                 mail(subject="Beside", msgid="<beside@example.com>"))
+    outcomes = {o.raw_id: o for o in app.pipeline.process(ids)}
+    assert outcomes[ids[0]].state == outcomes[ids[2]].state == "done"
+    hostile = outcomes[ids[1]]
+    # Slow today: quarantined at its budget. Once parsing is fast it is simply processed.
+    assert hostile.state == "done" or (hostile.stage, hostile.error) == ("parse", "too-slow: over 1 s")
+    assert app.pipeline.pending_ids(10) == []
+    app.close()
+
+
+def test_a_message_over_its_memory_budget_is_quarantined(tmp_path, db_url, monkeypatch):
+    app = _budget_app(tmp_path, db_url, monkeypatch, parse_memory=16 * 1024 * 1024)
+    big = EmailMessage()
+    big["From"], big["To"], big["Subject"] = "pat@example.com", "support@acme.test", "Scans"
+    big["Message-ID"] = "<big@example.com>"
+    big.set_content("All the scans attached.")
+    big.add_attachment(bytes(range(256)) * (96 * 1024), maintype="application", subtype="octet-stream",
+                       filename="scans.bin")  # 24 MiB
+    ids = _store(app, big.as_bytes(), mail(subject="Small", msgid="<small@example.com>"))
+    outcomes = {o.raw_id: o for o in app.pipeline.process(ids)}
+    assert (outcomes[ids[0]].stage, outcomes[ids[0]].error) == ("parse", "too-large: over 16777216 bytes of memory")
+    assert outcomes[ids[1]].state == "done"
+    app.close()
+
+
+# One message, one interaction, whatever mailboxes and paths its copies come by.
+
+def test_a_copy_for_another_mailbox_by_another_path_is_recorded_not_stored(app):
+    from maild.ingest.intake import copies_of
+    from maild.models import OutboxMessage
+
+    raw = mail(to="support@acme.test", cc="billing@acme.test", msgid="<both@example.com>")
+    first = accept(app.sessions, Incoming(raw, "support", "lmtp", envelope_to=("support@acme.test",)))
+    copy = accept(app.sessions, Incoming(b"Delivered-To: billing@acme.test\r\n" + raw, "billing", "pipe"))
+    assert not first.duplicate and copy.duplicate and copy.raw_id == first.raw_id
+    assert accept(app.sessions, Incoming(raw, "billing", "pipe")).duplicate  # the same copy again: one record
+    app.pipeline.drain()
+    assert count(app, RawMessage) == 1 and count(app, Interaction) == 1 and count(app, Issue) == 1
+    with app.sessions() as s:
+        acks = s.scalar(select(func.count()).select_from(OutboxMessage).where(OutboxMessage.kind == "acknowledgement"))
+        copies = copies_of(s, [first.raw_id])[first.raw_id]
+    assert acks == 1
+    assert [(c["mailbox"], c["source"]) for c in copies] == [("billing", "pipe")]

@@ -17,7 +17,8 @@ import multiprocessing
 import resource
 import threading
 import traceback
-from concurrent.futures import Future
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, CancelledError, Future
 from dataclasses import dataclass, replace
 
 from pebble import ProcessExpired, ProcessPool
@@ -99,8 +100,11 @@ def _context() -> multiprocessing.context.BaseContext:
 class Budget:
     """Submits messages to the worker pool and turns an overrun into a Prepared error."""
 
-    def __init__(self, own: OwnMail, seconds: float, memory: int, workers: int = 1) -> None:
+    def __init__(self, own: OwnMail, seconds: float, memory: int, workers: int = 1,
+                 task: Callable[..., Prepared] | None = None) -> None:
+        """task: what a worker runs per message (a module-level function, for the workers to import)."""
         self.own, self.seconds, self.memory = own, seconds, memory
+        self.task = task or _prepare_limited
         self.workers = max(1, workers)
         self._pool: ProcessPool | None = None
         self._lock = threading.Lock()
@@ -113,7 +117,7 @@ class Budget:
 
     def submit(self, data: bytes, envelope_to: tuple[str, ...], envelope_from: str | None = None) -> Future:
         return self._started().schedule(
-            _prepare_limited, args=(data, envelope_to, self.own, self.memory, envelope_from), timeout=self.seconds
+            self.task, args=(data, envelope_to, self.own, self.memory, envelope_from), timeout=self.seconds
         )
 
     def result(self, future: Future) -> Prepared:
@@ -124,6 +128,12 @@ class Budget:
             return Prepared(None, None, "parse", f"too-slow: over {self.seconds:g} s")
         except ProcessExpired as exc:  # killed from outside (the kernel's OOM killer) or crashed
             return Prepared(None, None, "parse", f"too-large: the parser's process died (exit code {exc.exitcode})")
+        except MemoryError:  # the result itself did not fit, on its way back
+            return Prepared(None, None, "parse", f"too-large: over {self.memory} bytes of memory")
+        except (CancelledError, BrokenExecutor):
+            raise  # the pool was stopped (shutdown): not the message's fault, it stays pending
+        except Exception as exc:  # e.g. a result that cannot be sent back
+            return Prepared(None, None, "parse", describe(exc))
 
     def prepare(self, data: bytes, envelope_to: tuple[str, ...], envelope_from: str | None = None) -> Prepared:
         return self.result(self.submit(data, envelope_to, envelope_from))

@@ -8,8 +8,8 @@ folder when maild first looked at it is a backlog, stored like `maild import`
 (no acknowledgements); what arrives after is live. A message is stored under
 the mailbox the SMTP edge would choose (the first, in config order, among this
 mailbox and its To/Cc), so a copy that also came by SMTP is the same message.
-Stored mail still pending that a pass meets again (fetched again, or left in
-the folder by a pass that failed) is processed, never stranded. It must never
+Mail a pass stored but could not process (a locked database) is processed by
+the next pass, fetched again or not: never stranded. It must never
 move, flag or delete a message before its bytes are committed, and never
 trust \\Seen or any other flag: other mail clients change them.
 """
@@ -132,6 +132,7 @@ class FolderLink:
     def sync(self, stop: threading.Event | None = None) -> PassReport:
         """One pass: store everything new, then move what is stored (stop: between batches)."""
         report = PassReport()
+        self.service.catch_up()
         info = self.client.select_folder(self.cfg.folder, readonly=self.cfg.keep_on_server)
         uidnext = info.get(b"UIDNEXT")
         self.mark = self._load_mark(int(info[b"UIDVALIDITY"]), int(uidnext or 0))
@@ -148,9 +149,7 @@ class FolderLink:
         uids = sorted(int(u) for u in found)
         leftover = [u for u in uids if u <= last]
         if leftover and not self.cfg.keep_on_server:
-            # At or below the mark means committed already: a pass that failed after its
-            # store. What it stored may still be pending: processed before it is moved on.
-            self.service.met_again()
+            # At or below the mark means committed already: a move that failed last time.
             report.moved += self._move(leftover)
         self._take_all([u for u in uids if u > last], report, stop)
         return report
@@ -364,18 +363,20 @@ class ImapService:
         return Incoming(data, chosen, source, delivered_to=self.name)
 
     def stored(self, accepted: list[Accepted]) -> None:
-        """Process a batch just committed, including copies stored earlier and still pending."""
+        """Process a batch just committed, copies stored earlier and still pending included."""
         if self.on_stored is not None:
             self.on_stored(accepted)
         else:
             self.pipeline.process([a.raw_id for a in accepted])
 
-    def met_again(self) -> None:
-        """Mail a failed pass committed but did not process: process whatever is pending."""
-        if self.on_stored is not None:
-            self.on_stored([])
-        else:
-            self.pipeline.drain()
+    def catch_up(self) -> None:
+        """Before a pass: mail an earlier pass stored but could not process is processed now
+        (in the daemon the drain worker does it)."""
+        if self.on_stored is None:
+            try:
+                self.pipeline.drain()
+            except Exception as exc:  # intake first: processing waits for the next pass
+                log.warning("imap %s: processing of stored mail deferred: %s", self.name, explain(exc, self.cfg))
 
     @contextmanager
     def connect(self) -> Iterator[FolderLink]:
