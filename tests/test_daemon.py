@@ -266,3 +266,41 @@ def test_one_mail_for_two_mailboxes_by_smtp_and_imap_is_one_interaction(tmp_path
         assert dict(kinds)["acknowledgement"] == 2  # one per message, not per copy
         assert db.scalar(select(func.count()).select_from(RawMessage)) == 2
         assert maild.stop() == 0
+
+
+@pytest.mark.slow
+def test_stores_are_answered_while_a_message_is_being_parsed(tmp_path, db_url, db, monkeypatch):
+    """The write gate is never held while parsing: with SQLite's one writer, a sender would
+    otherwise wait for the parse of someone else's hostile mail before its 250."""
+    from maild import daemon as d
+    from maild.app import build
+    from maild.config import load
+    from maild.ingest.budget import Budget
+    from test_pipeline import parse_or_hang
+
+    mark = tmp_path / "parsing"
+    monkeypatch.setenv("MAILD_TEST_HANG_MARK", str(mark))
+    settings = load(daemon_config(tmp_path, db_url))
+    app = build(settings)
+    app.pipeline.budget = Budget(app.pipeline.own_mail, 8.0, settings.ingest.parse_memory, task=parse_or_hang)
+    engine = d.intake_engine(db_url, 1.0)
+    intake = d.Intake(d.db.session_factory(engine), settings.smtp.max_backlog, d.WriteGate(exclusive=True))
+    drain = d.DrainWorker(app.pipeline, intake, batch=4, interval=1.0)
+    daemon = d.Daemon(settings, intake, d.smtp.listeners(settings, intake), jobs=[], services=[drain],
+                      closers=[app.close, engine.dispose])
+    hostile = message("Hostile", msgid="<hostile@example.com>").replace(b"Subject:", b"X-Test-Parse: hang\r\nSubject:")
+    with InProcess(daemon), smtp_client(tmp_path / "maild.toml") as s:
+        s.sendmail("eve@example.com", ["support@acme.test"], hostile)
+        deadline = time.monotonic() + 60
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert mark.exists(), "the hostile message was never parsed"
+        for i in range(3):
+            s.sendmail("pat@example.com", ["support@acme.test"], message(f"Meanwhile {i}"))
+        assert db.pending() == 4  # all answered 250 while the hostile one is still being parsed
+        db.wait_processed(4)
+    assert db.inbound_subjects() == {f"Meanwhile {i}": 1 for i in range(3)}
+    from maild.models import RawMessage
+    from sqlalchemy import select
+
+    assert db.scalar(select(RawMessage.error).where(RawMessage.state == "quarantined")) == "too-slow: over 8 s"

@@ -293,6 +293,11 @@ def parse_or_hang(data, envelope_to, own, memory, envelope_from=None):
     from maild.ingest.budget import _prepare_limited
 
     if b"X-Test-Parse: hang" in data:
+        import os
+        from pathlib import Path
+
+        if mark := os.environ.get("MAILD_TEST_HANG_MARK"):
+            Path(mark).touch()  # tells the test that parsing has begun
         time.sleep(3600)
     return _prepare_limited(data, envelope_to, own, memory, envelope_from)
 
