@@ -43,6 +43,7 @@ from maild.timefmt import aware
 log = logging.getLogger("maild.outbound")
 
 OUTBOX = cast(Table, OutboxMessage.__table__)
+GATHER = 0.02  # seconds to gather more results into one commit once one is in
 UNKNOWN_ERROR = ("delivery uncertain twice: a sender stopped while sending it; it may or may not have arrived, "
                  "and it is not sent again")
 
@@ -140,7 +141,7 @@ class Sender:
         last_renew, draining = time.monotonic(), False
         try:
             while True:
-                finished = self._collect(done, bool(in_hand), renew_every)
+                finished = self._collect(done, len(in_hand), renew_every)
                 in_hand -= {c.id for c, _, _ in finished}
                 if any(isinstance(err, ConnectionLost) for _, _, err in finished):
                     draining = True  # the relay is away: settle what is in hand, claim nothing more
@@ -175,19 +176,22 @@ class Sender:
                 t.join()
         return +counts
 
-    @staticmethod
-    def _collect(done: queue.SimpleQueue[Done], block: bool, timeout: float) -> list[Done]:
+    def _collect(self, done: queue.SimpleQueue[Done], in_hand: int, timeout: float) -> list[Done]:
+        """Results ready now; when rows are in hand, wait for one, then gather more for a moment (one commit)."""
         out: list[Done] = []
-        if block:
+        if in_hand:
             try:
                 out.append(done.get(timeout=timeout))
             except queue.Empty:
                 return out
-        while True:
+        until = time.monotonic() + GATHER
+        while len(out) < in_hand:
             try:
-                out.append(done.get_nowait())
+                wait = until - time.monotonic()
+                out.append(done.get(timeout=wait) if wait > 0 and len(out) < self.batch // 2 else done.get_nowait())
             except queue.Empty:
-                return out
+                break
+        return out
 
     def _work(self, work: queue.SimpleQueue[Claimed | None], done: queue.SimpleQueue[Done]) -> None:
         """One relay conversation: sends the rows handed to it, reusing the connection."""
