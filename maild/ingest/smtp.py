@@ -15,26 +15,23 @@ time a sender waits for the store (`store_timeout`).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
-import os
 import socket
-import ssl
 import time
 import weakref
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
-from ipaddress import ip_address
 from typing import Any, Protocol
 from collections.abc import Awaitable, Callable, Sequence
 
 from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword
+from aiosmtpd.smtp import SMTP, Envelope
 
-from maild.config import ConfigError, MailboxConfig, Settings, split_hostport
+from maild.config import MailboxConfig, Settings
 from maild.ingest.intake import Accepted, Incoming, header_end
+from maild.ingest.smtp_auth import auth_users, authenticator, tls_context
 from maild.ingest.smtp_guards import Refusal, SessionSlots, Slot, address_fault, escape_peer_text
 from maild.ingest.spool import MemoryBudget, Spool, read_data
 
@@ -312,27 +309,6 @@ class LmtpServer(_Precise, LMTP):
     proto = "lmtp"
 
 
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    return ctx
-
-
-def authenticator(users: dict[str, str]):
-    """AUTH PLAIN/LOGIN against the configured users, compared in constant time."""
-
-    def check(server, session, envelope, mechanism, auth_data) -> AuthResult:
-        ok = False
-        if isinstance(auth_data, LoginPassword):
-            login = auth_data.login.decode("utf-8", "replace")
-            want = users.get(login, "")
-            ok = bool(want) & hmac.compare_digest(want.encode(), auth_data.password)
-            log.info("auth user=%s peer=%s ok=%s", login, session.peer[0] if session.peer else "-", ok)
-        return AuthResult(success=ok, handled=False)
-
-    return check
-
-
 @dataclass(frozen=True)
 class Listener:
     proto: str
@@ -340,41 +316,11 @@ class Listener:
     factory: Callable[[], asyncio.Protocol]  # for loop.create_server
 
 
-def _auth_users(settings: Settings) -> dict[str, str] | None:
-    cfg = settings.smtp
-    if cfg.auth_users_env is None:
-        if cfg.auth_required:
-            raise ConfigError("smtp.auth_required needs smtp.auth_users_env")
-        return None
-    value = os.environ.get(cfg.auth_users_env, "")
-    users = dict(p.strip().split(":", 1) for p in value.split(",") if ":" in p)
-    if not users:
-        raise ConfigError(
-            f"environment variable {cfg.auth_users_env} (smtp.auth_users_env) must hold user:password[,...]"
-        )
-    return users
-
-
-def _loopback(address: str) -> bool:
-    host, _ = split_hostport(address)
-    try:
-        return host == "localhost" or ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def listeners(settings: Settings, intake: Intake) -> list[Listener]:
     """The SMTP listener and, when configured, the LMTP one."""
-    cfg, users = settings.smtp, _auth_users(settings)
+    cfg = settings.smtp
     wanted = [("smtp", cfg.listen)] + ([("lmtp", cfg.lmtp_listen)] if cfg.lmtp_listen else [])
-    if users is not None and not cfg.auth_require_tls:
-        for proto, address in wanted:
-            if not _loopback(address):
-                raise ConfigError(f"smtp.auth_require_tls = false needs a loopback address; {proto} listens on {address}")
-    try:
-        tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"smtp.tls_cert/smtp.tls_key: cannot load: {exc}") from None
+    users, tls = auth_users(settings, wanted), tls_context(settings)
     options = dict(
         data_size_limit=cfg.max_message_size, hostname=socket.getfqdn(), enable_SMTPUTF8=True,
         tls_context=tls, auth_require_tls=cfg.auth_require_tls, auth_required=cfg.auth_required,
