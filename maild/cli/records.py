@@ -23,7 +23,9 @@ def _issue_line(i: dict) -> str:
 
 def _who(i: dict) -> str:
     who = f"{i['from_name']} <{i['from']}>" if i["from_name"] and i["from"] else (i["from"] or i["from_name"] or "-")
-    return f"{who} (rep {i['rep_name']})" if i.get("rep_name") else who
+    if not i.get("rep_name"):
+        return who
+    return f"{who} (to rep {i['rep_name']})" if i["auto"] else f"{who} (rep {i['rep_name']})"
 
 
 def issue_text(data: dict) -> list[str]:
