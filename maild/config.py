@@ -56,8 +56,23 @@ def split_hostport(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _check_database_url(value: str) -> str:
+    from sqlalchemy.engine import make_url  # the parser the engine will use
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        scheme = make_url(value).get_backend_name()
+    except ArgumentError:
+        raise ValueError("not a database URL (sqlite:///PATH or postgresql://USER@HOST/DB)") from None
+    if scheme not in ("sqlite", "postgresql"):
+        raise ValueError(f"{scheme!r} databases are not supported: use sqlite:///PATH or postgresql://USER@HOST/DB")
+    return value
+
+
 class DatabaseConfig(_Strict):
     url: str = "sqlite:///maild.db"
+
+    _url = field_validator("url")(_check_database_url)
 
 
 class SmtpConfig(_Strict):
@@ -334,6 +349,8 @@ def parse_settings(data: dict, source: str) -> Settings:
                 msg = "unknown key"
             elif err["type"] == "missing":
                 msg = "missing value"
+            elif err["type"] == "value_error" and "error" in err.get("ctx", {}):
+                msg = str(err["ctx"]["error"])  # our own validator's words, without pydantic's prefix
             lines.append(f"{source}: {key}: {msg}")
         raise ConfigError("\n".join(lines)) from None
 

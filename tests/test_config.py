@@ -70,6 +70,8 @@ BASE = '[[mailbox]]\nname = "support"\naddress = "support@acme.test"\n'
         (BASE + '[security]\nsecret_env = "not a name"\n', "security.secret_env"),
         ("", "mailbox: missing value"),
         ("[database\n", "not valid TOML"),
+        (BASE + '[database]\nurl = "nonsense"\n', "database.url: not a database URL"),
+        (BASE + '[database]\nurl = "mysql://u@h/db"\n', "database.url: 'mysql' databases are not supported"),
     ],
 )
 def test_invalid_config_names_file_key_and_problem(tmp_path, text, expected):
