@@ -8,6 +8,8 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, run_maild, write_config
 from test_pipeline import mail
 
@@ -15,6 +17,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import corpusgen
 
 
+@pytest.mark.slow
 def test_ingest_from_stdin_stores_once_and_exits_zero(config_path):
     raw = mail(msgid="<pipe1@example.com>")
     r = run_maild("ingest", "-c", str(config_path), input=raw)
@@ -34,6 +37,7 @@ def test_ingest_exits_75_when_the_database_is_unreachable(tmp_path):
     assert b"try again later" in r.stderr
 
 
+@pytest.mark.slow
 def test_ingest_exits_75_while_sqlite_is_locked(tmp_path):
     db = tmp_path / "locked.db"
     cfg = write_config(tmp_path / "c.toml", f"sqlite:///{db}")

@@ -51,6 +51,7 @@ def _ingest_all(app, files) -> dict[int, str]:
     return names
 
 
+@pytest.mark.slow
 def test_every_corpus_file_is_recorded_or_quarantined_with_reason(app):
     corpus_dir()
     files = corpus_files("mime") + corpus_files("replies") + corpus_files("bounces")

@@ -49,6 +49,7 @@ def _burst(config, clients: int, count: int, enough=None, at: int = 0):
     return threads, accepted
 
 
+@pytest.mark.slow
 def test_concurrent_clients_every_accepted_message_is_one_interaction(tmp_path, db_url, db, procs):
     config = daemon_config(tmp_path, db_url)
     procs.append(maild := Maild(config).start())

@@ -9,6 +9,8 @@ import json
 import time
 from email.message import EmailMessage
 
+import pytest
+
 from conftest import run_maild, write_config
 from daemon_helpers import Maild, free_port, smtp_client
 from test_outbound import SinkProcess
@@ -83,6 +85,7 @@ def _wait(predicate, what: str, timeout: float = 60):
     return result
 
 
+@pytest.mark.slow
 def test_rep_workflow_over_smtp_forgery_commands_canned_and_hold(tmp_path, db_url):
     from test_reps import CANNED, client_reply
 

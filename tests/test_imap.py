@@ -294,6 +294,7 @@ def test_oversize_mail_is_set_aside_once_and_never_fetched(make_app, dovecot, ca
     assert "max_message_size" not in caplog.text
 
 
+@pytest.mark.slow
 def test_a_folder_of_5000_messages(make_app, dovecot, caplog):
     caplog.set_level(logging.INFO, logger="maild.imap")
     dovecot.deliver(mail(i) for i in range(5000))
@@ -310,6 +311,7 @@ def test_a_folder_of_5000_messages(make_app, dovecot, caplog):
 # -- running: IDLE, polling, failures --------------------------------------------------
 
 
+@pytest.mark.slow
 def test_idle_brings_new_mail_without_waiting_for_a_poll(make_app, dovecot):
     dovecot.append("INBOX", mail(1))
     app = make_app(dovecot, poll_interval=3600.0)  # only IDLE can bring mail within the test
@@ -339,6 +341,7 @@ def test_without_idle_or_move_it_polls_and_copies_then_expunges(make_app):
         assert stored(app) == ["mid:q1@example.com", "mid:q2@example.com", "mid:q3@example.com"]
 
 
+@pytest.mark.slow
 def test_server_restart_mid_sync_loses_nothing_and_doubles_nothing(make_app, dovecot, caplog):
     caplog.set_level(logging.INFO, logger="maild.imap")
     dovecot.deliver(mail(i) for i in range(450))
@@ -407,6 +410,7 @@ def test_tls_and_starttls_verify_the_server_certificate(make_app, monkeypatch, m
 # -- the command ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_poll_command_once_and_until_sigterm(tmp_path, db_url, dovecot, monkeypatch):
     env = {PASSWORD_ENV: PASSWORD}
     config = imap_config(tmp_path, db_url, dovecot, poll_interval=3600.0,

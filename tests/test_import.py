@@ -4,12 +4,16 @@ per conversation, and nothing doubled however often it arrives."""
 from __future__ import annotations
 
 import sys
+
+import pytest
+
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
 import corpusgen
 
 
+@pytest.mark.slow
 def test_generated_corpus_threads_perfectly_and_imports_once(cli, tmp_path):
     manifest = corpusgen.generate(300, 3, tmp_path / "md", "maildir")
     assert cli("import", "--mailbox", "support", str(tmp_path / "md")).exit_code == 0

@@ -354,6 +354,7 @@ def ack_subject(got: dict) -> str:
     return str(got["pat@example.com"]["Subject"])
 
 
+@pytest.mark.slow
 def test_two_senders_on_one_database_send_every_row_exactly_once(tmp_path, db_url, relay, monkeypatch):
     relay.start("--delay", "0.6")  # a slow relay: rows wait in a sender's hands longer than its lease
     monkeypatch.setenv("MAILD_SECRET", SECRET)

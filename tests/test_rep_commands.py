@@ -262,6 +262,7 @@ def test_invalid_command_changes_nothing_and_the_rep_is_told_why(app, cli, text,
 # --- end to end --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_commands_over_smtp_to_the_daemon(tmp_path, db_url, db):
     """A rep's commands sent over SMTP to `maild run`, read back with `maild issues show --json`."""
     extra = (f'[smtp]\nlisten = "127.0.0.1:{free_port()}"\n\n[daemon]\ndrain_interval = 0.5\n\n'

@@ -136,6 +136,7 @@ def test_forged_rep_from_is_customer_mail_and_its_commands_are_text(desk, caplog
     assert "without that rep's reply token" in caplog.text
 
 
+@pytest.mark.slow
 def test_commands_only_mail_changes_the_issue_and_sends_nothing(desk):
     app = desk()
     n, note = start_issue(app)

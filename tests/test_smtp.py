@@ -35,6 +35,7 @@ def swaks(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["swaks", "--timeout", "30", *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_recipients_only_for_our_mailboxes_never_a_relay(start, db):
     maild = start()
     with smtp_client(maild.config) as s:
@@ -115,6 +116,7 @@ class DatabaseLock:
         self.conn.close()
 
 
+@pytest.mark.slow
 def test_451_while_the_database_is_unavailable_then_stored_once_on_retry(start, db, db_url):
     maild = start()
     raw = message("Sent while the database was locked")
