@@ -24,7 +24,7 @@ from email import policy
 from pathlib import Path
 
 from fault_kit import (REPO, WAIT, Daemon, Db, Sink, child_env, free_port, kill9, maild_argv, message,
-                       run_maild, seeded, tally, write_config)
+                       ok, run_maild, seeded, tally, write_config)
 
 
 def _step(rng: random.Random, remaining: int, kills_left: int) -> int:
@@ -221,9 +221,7 @@ def queue_mail(config: Path, work: Path, n: int, tag: str) -> None:
         path.write_bytes(message(f"{tag} {i}", f"<fault.{tag.split()[-1]}.{i}@example.com>",
                                  frm=f"customer{i}@example.com"))
         files.append(str(path))
-    r = run_maild(config, "ingest", *files, timeout=WAIT * 3)
-    if r.returncode:
-        raise RuntimeError(f"maild ingest exited {r.returncode}: {r.stderr.decode(errors='replace')[-2000:]}")
+    ok(run_maild(config, "ingest", *files, timeout=WAIT * 3))
 
 
 def outbox_rows(db: Db) -> list:

@@ -67,12 +67,17 @@ def run_maild(config: Path, *args: str, input: bytes | None = None, env: dict | 
                           env=child_env(env), cwd=REPO, timeout=timeout)
 
 
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """A maild command that must succeed: its own message when it did not."""
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(map(str, result.args[2:]))} exited {result.returncode}: "
+                           f"{result.stderr.decode(errors='replace')[-2000:]}")
+    return result
+
+
 def maild_json(config: Path, *args: str):
     """`maild ARGS --json`, parsed; a clear error with maild's own message when it fails."""
-    r = run_maild(config, *args, "--json")
-    if r.returncode:
-        raise RuntimeError(f"maild {' '.join(args)} exited {r.returncode}: {r.stderr.decode(errors='replace')[-2000:]}")
-    return json.loads(r.stdout)
+    return json.loads(ok(run_maild(config, *args, "--json")).stdout)
 
 
 def kill9(proc: subprocess.Popen) -> bool:

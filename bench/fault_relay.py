@@ -12,9 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from fault_kills import OUTBOUND, delivery, outbox_rows, queue_mail, send_until_done
+from fault_kills import OUTBOUND, delivery, queue_mail, send_until_done
 from fault_kit import (REPO, WAIT, Daemon, Db, Sink, child_env, free_port, maild_argv, maild_json, message,
-                       run_maild,
+                       ok, run_maild,
                        tally, write_config)
 
 
@@ -49,12 +49,10 @@ def refusal(db_url: str, work: Path) -> dict:
     refused = "boss@example.org"
     with Sink(work / "sink", reject=(refused,)) as sink:
         config = write_config(work, db_url, outbound=OUTBOUND.format(port=sink.port, timeout=1.0))
-        r = run_maild(config, "ingest", input=message("Fault refusal", "<fault.refusal@example.com>"))
-        assert r.returncode == 0, r.stderr
+        ok(run_maild(config, "ingest", input=message("Fault refusal", "<fault.refusal@example.com>")))
         issue_id = maild_json(config, "issues", "list")[0]["id"]
         body = f"#cc add {refused}\nHello Pat,\n\nWe are sending a new printer today.\n\nAlice\n"
-        r = run_maild(config, "reply", "--issue", str(issue_id), "--rep", "alice@acme.test", input=body.encode())
-        assert r.returncode == 0, r.stderr
+        ok(run_maild(config, "reply", "--issue", str(issue_id), "--rep", "alice@acme.test", input=body.encode()))
         db = Db(db_url)
         send_until_done(config, db)
         db.close()
@@ -148,5 +146,3 @@ def db_outcome(db_url: str) -> str | None:
         db.close()
     return rows[0].state if rows else None
 
-
-__all__ = ["hostile", "outbox_rows", "refusal", "two_senders"]
