@@ -160,7 +160,7 @@ def _progress(db: Db) -> int:
     return sum(states.values()) + sum(v for s, v in states.items() if s != "pending")
 
 
-def import_kill(db_url: str, work: Path, n: int = 400, kills: int = 12, batch: int = 20,
+def import_kill(db_url: str, work: Path, n: int = 1000, kills: int = 12, batch: int = 20,
                 seed: int | None = None) -> dict:
     """Kills land while batches are stored and while they are processed: progress counts both."""
     rng = seeded(seed, "import-kill")
@@ -182,7 +182,7 @@ def import_kill(db_url: str, work: Path, n: int = 400, kills: int = 12, batch: i
             # progress moves a batch at a time, past the target: aim at about a quarter of an even share
             target = progress + rng.randint(1, max(1, (2 * n - progress) // (2 * (kills - done + 1))))
             _wait(lambda: _progress(db) >= target, proc)  # noqa: B023 (called now)
-            time.sleep(rng.uniform(0.0, 0.05))
+            time.sleep(rng.uniform(0.0, 0.02))
         killed = kill9(proc)
         done += killed
         completed_early += not killed

@@ -1,7 +1,7 @@
 """The fault suite by hand: maild under kill -9, hostile mail and misbehaving relays.
 
     python bench/faults.py smtp-kill   [--n 200] [--kills 10] [--clients 4] [--seed S] [--db URL]
-    python bench/faults.py import-kill [--n 400] [--kills 12] [--batch 20] [--seed S] [--db URL]
+    python bench/faults.py import-kill [--n 1000] [--kills 12] [--batch 20] [--seed S] [--db URL]
     python bench/faults.py outbox-kill [--n 40]  [--kills 10] [--delay 0.02] [--seed S] [--db URL]
     python bench/faults.py hostile     [--n 20]  [--size 2500000] [--db URL]
     python bench/faults.py two-senders [--n 8]   [--delay 0.2] [--db URL]
@@ -57,7 +57,7 @@ def run_one(name: str, args: argparse.Namespace, work: Path) -> dict:
             return fault_kills.smtp_kill(url, work, n=args.n or 200, kills=args.kills or 10, clients=args.clients,
                                          seed=args.seed)
         if name == "import-kill":
-            return fault_kills.import_kill(url, work, n=args.n or 400, kills=args.kills or 12, batch=args.batch,
+            return fault_kills.import_kill(url, work, n=args.n or 1000, kills=args.kills or 12, batch=args.batch,
                                            seed=args.seed)
         if name == "outbox-kill":
             return fault_kills.outbox_kill(url, work, mails=args.n or 40, kills=args.kills or 10,

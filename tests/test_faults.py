@@ -28,12 +28,12 @@ def test_smtp_intake_killed_at_random_every_250_is_one_interaction(db_url, tmp_p
 
 
 def test_import_killed_and_rerun_imports_every_message_once(db_url, tmp_path):
-    f = import_kill(db_url, tmp_path, n=400, kills=12, batch=20, seed=seed())
+    f = import_kill(db_url, tmp_path, n=1000, kills=12, batch=20, seed=seed())
     assert f["kills"] >= 10
     assert f["final_exit"] == 0 and f["rerun_exit"] == 0
     assert (f["lost"], f["doubled"], f["quarantined"], f["pending"]) == (0, 0, 0, 0)
-    assert f["exactly_once"] == f["interactions"] == f["raw"] == 400
-    assert f["rerun_says"].startswith("imported 0 new message(s), 400 already stored")
+    assert f["exactly_once"] == f["interactions"] == f["raw"] == 1000
+    assert f["rerun_says"].startswith("imported 0 new message(s), 1000 already stored")
 
 
 def test_outbox_sender_killed_at_random_delivers_every_row_resending_at_most_once(db_url, tmp_path):
