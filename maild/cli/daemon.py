@@ -11,7 +11,7 @@ import click
 
 from maild.config import ConfigError, Settings, load
 from maild.db import is_transient
-from maild.cli import EX_CONFIG, EX_TEMPFAIL, main, secret_advice, with_settings
+from maild.cli import EX_CONFIG, EX_TEMPFAIL, config_message, main, secret_advice, with_settings
 
 EX_OSERR = 71
 
@@ -82,7 +82,7 @@ def run(settings: Settings) -> None:
         daemon = build_daemon(settings, on_hup=functools.partial(check_reload, settings, config_path))
         sys.exit(daemon.run())
     except ConfigError as exc:
-        click.echo(f"maild: {exc}", err=True)
+        click.echo(f"maild: {config_message(exc, config_path)}", err=True)
         sys.exit(EX_CONFIG)
     except OSError as exc:
         click.echo(f"maild: cannot listen: {exc}", err=True)

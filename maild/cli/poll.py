@@ -14,7 +14,7 @@ from maild.app import build
 from maild.config import ConfigError, Settings
 from maild.ingest.imap.poller import ImapService, imap_services
 from maild.ingest.imap.client import explain
-from maild.cli import EX_CONFIG, EX_TEMPFAIL, main, with_settings
+from maild.cli import EX_CONFIG, EX_TEMPFAIL, config_message, main, with_settings
 
 
 def _chosen(settings: Settings, name: str | None) -> list[str]:
@@ -67,7 +67,7 @@ def poll(settings: Settings, mailbox_name: str | None, once: bool) -> None:
     try:
         names = _chosen(settings, mailbox_name)
     except ConfigError as exc:
-        click.echo(f"maild: {exc}", err=True)
+        click.echo(f"maild: {config_message(exc, click.get_current_context().meta.get('maild.config_path'))}", err=True)
         sys.exit(EX_CONFIG)
     imap_log = logging.getLogger("maild.imap")
     if imap_log.getEffectiveLevel() > logging.INFO:
