@@ -109,6 +109,7 @@ def sqlite_with_an_issue(tmp_path, eml):
     return db_path, cfg
 
 
+@pytest.mark.slow
 def test_read_only_commands_answer_while_another_process_writes(sqlite_with_an_issue):
     db_path, cfg = sqlite_with_an_issue
     holder = _hold_lock(db_path, exclusive=False)

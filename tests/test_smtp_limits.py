@@ -175,6 +175,7 @@ conn.rollback()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_store_timeout_bounds_the_wait_while_another_process_holds_the_sqlite_lock(start, db, db_url):
     maild = start(store_timeout=1.0)
