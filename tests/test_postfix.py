@@ -131,7 +131,6 @@ def customer_mail(subject: str, msgid: str, body: str, frm: str = "Pat <pat@exam
     return m
 
 
-@pytest.mark.slow
 def test_customer_rep_and_bounce_through_postfix(deployment):
     d = deployment
     maild = Maild(d.config)
@@ -177,7 +176,6 @@ def test_customer_rep_and_bounce_through_postfix(deployment):
     assert status == 0
 
 
-@pytest.mark.slow
 def test_postfix_holds_mail_while_maild_is_down(deployment, db_url):
     d = deployment
     # maild is not running: Postfix accepts the mail, LMTP is refused, the mail waits.
