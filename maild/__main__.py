@@ -2,4 +2,4 @@
 
 from maild.cli import main
 
-main()
+main(prog_name="maild")

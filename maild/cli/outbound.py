@@ -11,6 +11,7 @@ from maild.app import build
 from maild.config import Settings
 from maild.models import OutboxMessage, RawMessage, utcnow
 from maild.outbound.automatic import NotifyError, send_automatic
+from maild.outbound.outbox import OUTBOX_STATUSES
 from maild.outbound.templates import TemplateError
 from maild.timefmt import iso
 from maild.cli import json_option, main, print_json, reading, with_settings
@@ -18,7 +19,6 @@ from maild.cli import json_option, main, print_json, reading, with_settings
 # Every status an outbox row can have (models.OutboxMessage.status, set by the
 # outbox, the sender and held replies); `outbox list --status` and `maild
 # status` take them from here. "unknown": the relay's answer was lost mid-send.
-OUTBOX_STATUSES = ("queued", "sending", "sent", "held", "failed", "unknown")
 
 
 def outbox_json(row: OutboxMessage) -> dict:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from maild.cli import json_option, main, print_json, reading, with_settings
-from maild.cli.outbound import OUTBOX_STATUSES
+from maild.outbound.outbox import OUTBOX_STATUSES
 from maild.config import Settings
 from maild.models import CustomerAddress, OutboxMessage, RawMessage, utcnow
 from maild.timefmt import aware, iso

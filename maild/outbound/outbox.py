@@ -21,6 +21,11 @@ from maild.timefmt import aware
 from maild.models import Action, CustomerAddress, Interaction, Issue, OutboxMessage, utcnow
 from maild.outbound.compose import Outgoing, compose, new_message_id
 
+# Every status an outbox row can have: queued until a sender leases it, sending
+# while leased, then sent, failed, held (spell check) or unknown (delivery
+# ambiguous twice, never sent a third time).
+OUTBOX_STATUSES = ("queued", "sending", "sent", "held", "failed", "unknown")
+
 
 @dataclass(frozen=True)
 class OutboxPolicy:
