@@ -440,3 +440,19 @@ def test_daemon_sends_queued_mail_at_once_not_at_the_next_interval(tmp_path, db_
             assert time.monotonic() < deadline, "queued mail was not sent before the next send_interval"
             time.sleep(0.1)
     assert sorted(env["to"][0] for env, _ in relay.messages()) == ["alice@acme.test", "bob@acme.test"]
+
+
+def test_a_connection_lost_after_data_counts_as_the_one_resend_then_unknown(out_app, relay):
+    """The relay stores the mail and drops the line before its 250: the sender cannot know.
+    That is the row's one resend; a second such loss stops it as unknown, never a third copy."""
+    relay.start("--drop-after-data", "5")
+    (row_id,) = queue_mail(out_app, 1)
+    out_app.sender.run_once()
+    (row,) = rows(out_app, id=row_id)
+    assert (row.status, row.resends) == ("queued", 1)
+    out_app.sender.run_once(now=utcnow() + timedelta(minutes=5))
+    (row,) = rows(out_app, id=row_id)
+    assert (row.status, row.resends) == ("unknown", 1)
+    out_app.sender.run_once(now=utcnow() + timedelta(hours=1))
+    copies = [m for _, m in relay.messages() if m["Subject"] == "Mail 0"]
+    assert len(copies) == 2 and len({m["Message-ID"] for m in copies}) == 1

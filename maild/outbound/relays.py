@@ -43,6 +43,11 @@ class ConnectionLost(Temporary):
     """The relay went away or could not be reached."""
 
 
+class LostInData(ConnectionLost):
+    """The connection was lost while or after the message was sent, before the
+    relay's answer: the relay may have taken it. Counted like a crash mid-send."""
+
+
 def reply_text(resp: bytes | str) -> str:
     """An SMTP reply as words: decoded, on one line."""
     text = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
@@ -123,6 +128,7 @@ class SmtpRelay:
     def send(self, envelope_from: str, recipients: list[str], data: bytes) -> Results:
         smtp = self._ready()
         self.used = True
+        in_data = False
         try:
             options = [f"SIZE={len(data)}"] if smtp.has_extn("size") else []
             code, resp = smtp.mail(envelope_from, options)
@@ -135,6 +141,7 @@ class SmtpRelay:
             accepted = [r for r in recipients if results[r][0] in (250, 251)]
             if not accepted:
                 return results
+            in_data = True
             code, resp = smtp.data(data)
             if code != 250:
                 raise refusal(code, resp, "the message")
@@ -143,7 +150,8 @@ class SmtpRelay:
             raise refusal(exc.smtp_code, exc.smtp_error, "DATA") from exc
         except (OSError, smtplib.SMTPException) as exc:
             self.close()
-            raise ConnectionLost(f"connection to the relay lost: {type(exc).__name__}: {exc}") from exc
+            lost = LostInData if in_data else ConnectionLost
+            raise lost(f"connection to the relay lost: {type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         smtp, self.smtp = self.smtp, None

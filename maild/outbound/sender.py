@@ -36,7 +36,7 @@ from maild.config import Settings
 from maild.db import is_transient
 from maild.models import OutboxMessage, utcnow
 from maild.outbound.relays import (
-    ConnectionLost, Permanent, RelayConfig, Results, Temporary, open_relay,
+    ConnectionLost, LostInData, Permanent, RelayConfig, Results, Temporary, open_relay,
 )
 from maild.timefmt import aware
 
@@ -301,7 +301,13 @@ class Sender:
         answered = {a: (v["code"], v["text"]) for a, v in (row.results or {}).items()}
         later = {a: answered[a] for a in c.recipients if a in answered and not final(answered[a][0])}
         refused = {a: answered[a] for a in c.recipients if a in answered and answered[a][0] >= 500}
-        if error is not None and isinstance(error, Temporary) and not expired:
+        if isinstance(error, LostInData) and row.resends >= 1:
+            row.status, row.last_error = "unknown", f"{UNKNOWN_ERROR} (last: {error})"
+            if self.hooks is not None:
+                self.hooks.delivery_unknown(session, row)
+        elif error is not None and isinstance(error, Temporary) and not expired:
+            if isinstance(error, LostInData):  # the relay may have it: the one resend of its life
+                row.resends += 1
             self._later(row, now, str(error))
         elif error is not None:
             row.status, row.last_error = "failed", str(error)
