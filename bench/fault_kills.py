@@ -265,6 +265,8 @@ def delivery(db: Db, sink: Sink) -> dict:
     return {"rows": len(rows), "statuses": dict(Counter(r.status for r in rows)),
             "delivered": sum(1 for mid in by_id if copies[mid]),
             "undelivered": sum(1 for mid in by_id if not copies[mid]),
+            "undelivered_not_unknown": sum(1 for mid, r in by_id.items() if not copies[mid] and r.status != "unknown"),
+            "sent_not_delivered": sum(1 for mid, r in by_id.items() if not copies[mid] and r.status == "sent"),
             "at_sink": sum(copies.values()), "extra_copies": sum(c - 1 for c in copies.values() if c > 1),
             "max_copies": max(copies.values(), default=0),
             "foreign_message_ids": sum(1 for mid in copies if mid not in by_id),

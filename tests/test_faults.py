@@ -13,9 +13,12 @@ import pytest
 
 from fault_helpers import Dovecot, lmtp_and_imap, seed
 from fault_kills import import_kill, outbox_kill, smtp_kill
+
 from fault_relay import hostile, refusal, two_senders
 
 pytestmark = pytest.mark.slow
+
+CONNECTIONS = 4  # outbound.connections: the default, which the fault configs keep
 
 
 def test_smtp_intake_killed_at_random_every_250_is_one_interaction(db_url, tmp_path):
@@ -37,13 +40,20 @@ def test_import_killed_and_rerun_imports_every_message_once(db_url, tmp_path):
 
 
 def test_outbox_sender_killed_at_random_delivers_every_row_resending_at_most_once(db_url, tmp_path):
+    """Every row ends sent (and at the relay) or unknown; a row is resent at most once in its life.
+
+    A row the sender had in hand when it was killed may or may not have reached the relay:
+    it is sent again once; in hand at a second kill it stops as `unknown` rather than risk a
+    third copy. The sender holds one row per relay connection, so a kill makes at most
+    `connections` rows ambiguous, and a row needs two ambiguities to end unknown."""
     f = outbox_kill(db_url, tmp_path, mails=40, kills=10, delay=0.02, seed=seed())
     assert f["kills"] >= 10
     assert f["rows"] >= 120  # an acknowledgement and two rep notifications per mail
-    assert f["undelivered"] == 0, f["statuses"]
+    assert set(f["statuses"]) <= {"sent", "unknown"}, f["statuses"]
+    assert f["sent_not_delivered"] == 0 and f["undelivered_not_unknown"] == 0
+    assert f["statuses"].get("unknown", 0) <= f["kills"] * CONNECTIONS // 2
     assert f["max_copies"] <= 2 and f["max_resends"] <= 1
     assert f["foreign_message_ids"] == 0 and f["differing_copies"] == 0  # one Message-ID and one text per row
-    assert f["statuses"] == {"sent": f["rows"]}
 
 
 def test_hostile_encoded_word_subject_does_not_stop_normal_mail(db_url, tmp_path):

@@ -105,7 +105,10 @@ class Sender:
         self.lease = timedelta(seconds=o.sending_timeout)
         self.interval = o.send_interval
         self.connections = o.connections
-        self.batch = 4 * o.connections  # rows claimed at most at once: few, so other senders get their share
+        # Rows in hand at most: one per connection, claimed as a connection
+        # frees up. A row claimed is counted as possibly sent if this sender
+        # dies, so none waits in hand unsent (and other senders get their share).
+        self.batch = o.connections
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.wake = threading.Event()  # set when mail was queued: send now rather than at the next interval
 
@@ -147,7 +150,7 @@ class Sender:
                     draining = True  # the relay is away: settle what is in hand, claim nothing more
                 if stop is not None and stop.is_set():
                     draining = True
-                want = self.batch - len(in_hand) if not draining and len(in_hand) <= self.batch // 2 else 0
+                want = self.batch - len(in_hand) if not draining else 0
                 renew = time.monotonic() - last_renew >= renew_every and bool(in_hand)
                 if finished or want or renew:
                     with self.sessions() as session, session.begin():
