@@ -150,6 +150,26 @@ class SecurityConfig(_Strict):
     _env = field_validator("secret_env")(_check_env_name)
 
 
+class WebConfig(_Strict):
+    """The web console (maild/web): off unless `listen` is set."""
+
+    listen: str | None = None  # host:port of the console, /metrics and /healthz; loopback unless you mean it
+    public_url: str | None = None  # the console's address as reps reach it, for links in mail; default http://listen
+    secure_cookies: bool = False  # mark the session cookie Secure: set when the console is reached over TLS
+    session_hours: float = Field(default=12.0, gt=0)  # a signed-in rep stays signed in this long
+    signin_minutes: float = Field(default=15.0, gt=0, le=60)  # a mailed sign-in link works this long, once
+    mailbox: str | None = None  # the mailbox sign-in links are sent from; default the first
+
+    _listen = field_validator("listen")(lambda v: v if v is None else _check_hostport(v))
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
+            raise ValueError(f"{v!r} is not an http:// or https:// URL")
+        return v.rstrip("/") if v else v
+
+
 class ThreadingConfig(_Strict):
     # Subject tags look like "[#123]", or "[PREFIX #123]" when a prefix is set,
     # so another system's "[#123]" tags never match ours.
@@ -268,6 +288,7 @@ class Settings(_Strict):
     category: tuple[CategoryConfig, ...] = ()
     canned: tuple[CannedConfig, ...] = ()
     spelling: SpellingConfig = SpellingConfig()
+    web: WebConfig = WebConfig()
 
     _source_dir: str = PrivateAttr(default=".")
 
@@ -292,6 +313,8 @@ class Settings(_Strict):
             unknown = [e for e in owner.reps if e.lower() not in rep_emails]
             if unknown:
                 raise ValueError(f"{owner.name!r} lists reps that no [[rep]] defines: {unknown}")
+        if self.web.mailbox is not None and self.web.mailbox not in names:
+            raise ValueError(f"web.mailbox names {self.web.mailbox!r}, which no [[mailbox]] defines")
         known = {"uncategorized", *(c.name for c in self.category)}
         for m in self.mailbox:
             if m.category not in known:

@@ -295,4 +295,22 @@ class OutboxMessage(Base):
     results: Mapped[dict | None]
 
 
+
+class SigninLink(Base):
+    """A one-time sign-in link mailed to a rep for the web console (maild/web/signin.py).
+
+    Only the SHA-256 of the link's secret part is kept; the link works once
+    (used_at is set by the sign-in that uses it) and until expires_at.
+    """
+
+    __tablename__ = "signin_links"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    rep_id: Mapped[int] = mapped_column(ForeignKey("reps.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
 Index("ix_issues_updated", Issue.updated_at)
