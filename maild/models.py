@@ -313,4 +313,34 @@ class SigninLink(Base):
     used_at: Mapped[datetime | None]
 
 
+class CannedUse(Base):
+    """One canned response inserted into a rep's reply or note: what the resources report counts."""
+
+    __tablename__ = "canned_uses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id"), index=True)
+    interaction_id: Mapped[int | None] = mapped_column(ForeignKey("interactions.id"))  # the rep's mail
+    rep_id: Mapped[int | None] = mapped_column(ForeignKey("reps.id"))
+    used_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class DigestRun(Base):
+    """A mailed digest's period, sent: unique per digest and period, so it goes once across restarts and daemons."""
+
+    __tablename__ = "digest_runs"
+    __table_args__ = (UniqueConstraint("digest", "period", name="uq_digest_runs_period"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(String(100))
+    period: Mapped[str] = mapped_column(String(40))  # "2024-05-06" (daily) or "2024-W19" (weekly)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 Index("ix_issues_updated", Issue.updated_at)
+# The reports' date ranges (migration 0009).
+Index("ix_issues_opened_at", Issue.opened_at)
+Index("ix_issues_closed_at", Issue.closed_at)
+Index("ix_interactions_created_at", Interaction.created_at)
