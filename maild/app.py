@@ -17,8 +17,12 @@ from maild import db
 from maild.config import ConfigError, Settings
 from maild.ingest.pipeline import Pipeline
 from maild.desk.notify import Notifier
+from maild.desk.reminders import Reminders
+from maild.desk.selftest import Selftest, record_return
+from maild.desk.turnaround import Turnaround, track
 from maild.outbound.sender import Sender
 from maild.outbound.templates import Templates
+from maild.probes import ProbeSigner
 from maild.tokens import TokenSigner
 
 log = logging.getLogger("maild")
@@ -34,6 +38,9 @@ class App:
     templates: Templates
     notifier: Notifier
     sender: Sender
+    turnaround: Turnaround
+    reminders: Reminders
+    selftest: Selftest
 
     def close(self) -> None:
         self.pipeline.close()
@@ -64,6 +71,12 @@ def build(settings: Settings, *, secret_required: bool = False, workers: int = 1
     signer = make_signer(settings, secret_required)
     templates = Templates(settings.templates_dir)
     notifier = Notifier(settings, signer, templates)
-    pipeline = Pipeline(settings, sessions, signer, hooks=[notifier], workers=workers)
+    probes = ProbeSigner(settings.secret()) if signer is not None else None
+    pipeline = Pipeline(settings, sessions, signer, hooks=[notifier, record_return], workers=workers, probes=probes)
     sender = Sender(settings, sessions, hooks=notifier)
-    return App(settings, engine, sessions, signer, pipeline, templates, notifier, sender)
+    turnaround = Turnaround(settings)
+    track(sessions, turnaround)  # first responses, pauses and resolutions, as every session flushes
+    reminders = Reminders(settings, sessions, signer, templates, turnaround)
+    selftest = Selftest(settings, sessions, probes, templates)
+    return App(settings, engine, sessions, signer, pipeline, templates, notifier, sender, turnaround, reminders,
+               selftest)

@@ -15,6 +15,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from maild.config_desk import CalendarConfig, SelftestConfig, SlaConfig, TurnaroundConfig, check_references
+
 ADDRESS_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.:-]*?):(\d{1,5})$")
@@ -139,6 +141,11 @@ class OutboundConfig(_Strict):
     max_auto_per_recipient: int = Field(default=10, ge=0)  # automatic mails per address per 24 h
     failing_days: float = Field(default=7.0, ge=0)  # no automatic mail to a bounced address for this long
     templates_dir: str = "templates"  # admin overrides, relative to the config file's folder
+    # Customer attachments carried by a rep's notification, in bytes all together; the rest are
+    # listed with their sizes and fetched with #attachments.
+    notify_attachments_max: int = Field(default=10 * 1024 * 1024, ge=0)
+    # A rep's reply whose attachments total more than this, in bytes, is not sent; the rep is told.
+    max_attachment_size: int = Field(default=20 * 1024 * 1024, gt=0)
 
     _relay = field_validator("relay")(_check_relay)
     _env = field_validator("user_env", "password_env")(_check_env_name)
@@ -168,6 +175,13 @@ class WebConfig(_Strict):
         if v is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
             raise ValueError(f"{v!r} is not an http:// or https:// URL")
         return v.rstrip("/") if v else v
+
+
+class BulkConfig(_Strict):
+    """Campaigns (`maild bulk send`)."""
+
+    mailbox: str | None = None  # the mailbox campaigns are sent from; default the first
+    rate: int = Field(default=600, gt=0)  # mails per minute when `bulk send` gives no --rate
 
 
 class ThreadingConfig(_Strict):
@@ -231,6 +245,9 @@ class MailboxConfig(_Strict):
     reps: tuple[str, ...] = ()  # rep emails notified for this mailbox (default: every rep)
     language: str = "en"  # spell-check language of replies from this mailbox
     reopen_days: float | None = None  # a reply to an issue closed longer ago opens a new linked issue
+    # A pending issue the customer has not answered for this many days is closed (and the
+    # customer told how to reopen it); None: pending issues wait for ever.
+    pending_close_days: float | None = Field(default=None, gt=0)
     imap: ImapConfig | None = None
 
     _addr = field_validator("address")(_check_address)
@@ -246,6 +263,7 @@ class RepConfig(_Strict):
     name: str
     email: str
     aliases: tuple[str, ...] = ()
+    short_name: str | None = Field(default=None, pattern=r"^[^\s@]{1,50}$")  # `#assign SHORT`: one word
 
     _addr = field_validator("email")(_check_address)
 
@@ -269,10 +287,62 @@ class SpellingConfig(_Strict):
     words: tuple[str, ...] = ()  # product and company names the checker must accept
 
 
+class PicklistConfig(_Strict):
+    """An ordered list of values a rep picks from (#type, #used, #log's channel), for the reports."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$", max_length=50)
+    description: str = ""
+    values: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        folded = [x.strip().lower() for x in v]
+        if any(not x or len(x) > 200 for x in folded):
+            raise ValueError("every value must be 1 to 200 characters")
+        if len(set(folded)) != len(folded):
+            raise ValueError("values must be unique (case-insensitively)")
+        return tuple(x.strip() for x in v)
+
+
 class CategoryConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     reps: tuple[str, ...] = ()  # rep emails notified for this category (before the mailbox's)
+
+
+ReportName = Literal["issue-types", "reps", "resources", "turnaround", "backlog", "channels"]
+REPORT_NAMES: tuple[ReportName, ...] = ("issue-types", "reps", "resources", "turnaround", "backlog", "channels")
+TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+class ReportsConfig(_Strict):
+    """Targets the turnaround report and the key statistics measure against."""
+
+    first_response_hours: float = Field(default=24.0, gt=0)
+    resolution_hours: float = Field(default=72.0, gt=0)
+
+
+class DigestConfig(_Strict):
+    """A mailed digest: key statistics, the top rows and charts of some reports, on a schedule."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
+    recipients: tuple[str, ...] = Field(min_length=1)
+    every: Literal["daily", "weekly"] = "daily"
+    at: str = "07:00"  # UTC, HH:MM; weekly digests go on Mondays
+    reports: tuple[ReportName, ...] = REPORT_NAMES
+    top: int = Field(default=10, gt=0, le=100)  # rows of each report in the mail
+    mailbox: str | None = None  # sent from this mailbox's address (default: the first mailbox)
+    console_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+
+    _recipients = field_validator("recipients")(lambda v: _check_addresses(v))
+
+    @field_validator("at")
+    @classmethod
+    def _at(cls, v: str) -> str:
+        if not TIME_RE.match(v):
+            raise ValueError(f"{v!r} is not a time of day HH:MM (UTC)")
+        return v
 
 
 class Settings(_Strict):
@@ -287,8 +357,16 @@ class Settings(_Strict):
     rep: tuple[RepConfig, ...] = ()
     category: tuple[CategoryConfig, ...] = ()
     canned: tuple[CannedConfig, ...] = ()
+    picklist: tuple[PicklistConfig, ...] = ()
     spelling: SpellingConfig = SpellingConfig()
     web: WebConfig = WebConfig()
+    bulk: BulkConfig = BulkConfig()
+    reports: ReportsConfig = ReportsConfig()
+    digest: tuple[DigestConfig, ...] = ()
+    calendar: tuple[CalendarConfig, ...] = ()
+    turnaround: tuple[TurnaroundConfig, ...] = ()
+    sla: SlaConfig = SlaConfig()
+    selftest: SelftestConfig = SelftestConfig()
 
     _source_dir: str = PrivateAttr(default=".")
 
@@ -313,14 +391,32 @@ class Settings(_Strict):
             unknown = [e for e in owner.reps if e.lower() not in rep_emails]
             if unknown:
                 raise ValueError(f"{owner.name!r} lists reps that no [[rep]] defines: {unknown}")
+        if self.bulk.mailbox is not None and self.bulk.mailbox not in names:
+            raise ValueError(f"bulk.mailbox names {self.bulk.mailbox!r}, which no [[mailbox]] defines")
         if self.web.mailbox is not None and self.web.mailbox not in names:
             raise ValueError(f"web.mailbox names {self.web.mailbox!r}, which no [[mailbox]] defines")
+        lists = [p.name for p in self.picklist]
+        if len(set(lists)) != len(lists):
+            raise ValueError(f"picklist names must be unique: {sorted({n for n in lists if lists.count(n) > 1})}")
         known = {"uncategorized", *(c.name for c in self.category)}
+        check_references(self.calendar, self.turnaround, self.sla, set(names), known)
         for m in self.mailbox:
             if m.category not in known:
                 raise ValueError(
                     f"mailbox {m.name!r} names category {m.category!r}, which no [[category]] defines"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _digests(self):
+        names = [d.name for d in self.digest]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"digest names must be unique: {sorted(dup)}")
+        mailboxes = {m.name for m in self.mailbox}
+        for d in self.digest:
+            if d.mailbox is not None and d.mailbox not in mailboxes:
+                raise ValueError(f"digest {d.name!r} names mailbox {d.mailbox!r}, which no [[mailbox]] defines")
         return self
 
     def mailbox_named(self, name: str) -> MailboxConfig:

@@ -37,6 +37,7 @@ from maild.models import RawMessage
 from maild.outbound.outbox import wake_on_queued
 from maild.scheduler import Job, Scheduler
 from maild.writegate import WriteGate
+from maild.web.server import WebService, web_service
 
 log = logging.getLogger("maild.daemon")
 
@@ -272,6 +273,9 @@ class Daemon:
                  jobs: Sequence[Job], services: Sequence[Service], on_hup: Callable[[], None] | None = None,
                  closers: Sequence[Callable[[], None]] = (), banner: str = "") -> None:
         self.settings, self.intake, self.on_hup = settings, intake, on_hup
+        self.web: WebService | None = None  # the console, started after the mail listeners
+        self.sessions_opened: dict[str, int] = {}  # connections per protocol, for /metrics
+        self._servers: list[tuple[str, str, asyncio.AbstractServer]] = []
         self.banner = banner  # logged once listening: what a first run needs to know
         self.listeners, self.jobs, self.services = list(listeners), list(jobs), list(services)
         self.closers = list(closers)
@@ -309,9 +313,17 @@ class Daemon:
         if self._loop is not None and self._stopping is not None:
             self._loop.call_soon_threadsafe(self._stopping.set)
 
-    def _track(self, proto: asyncio.Protocol) -> asyncio.Protocol:
+    def _track(self, proto: asyncio.Protocol, kind: str = "smtp") -> asyncio.Protocol:
         self._sessions.add(proto)  # to close it at shutdown
+        self.sessions_opened[kind] = self.sessions_opened.get(kind, 0) + 1
         return proto
+
+    def listening(self) -> dict[str, bool]:
+        """Each listener ("smtp=127.0.0.1:8025") and whether it is serving: for /healthz."""
+        out = {f"{proto}={address}": server.is_serving() for proto, address, server in self._servers}
+        if self.web is not None:
+            out[f"web={self.web.address}"] = self.web.serving()
+        return out
 
     async def serve(self) -> None:
         """Listen, run the services and jobs, and shut down cleanly once stopped."""
@@ -322,8 +334,11 @@ class Daemon:
         try:
             for lst in self.listeners:
                 host, port = split_hostport(lst.address)
-                factory = lambda f=lst.factory: self._track(f())  # noqa: E731
+                factory = lambda f=lst.factory, p=lst.proto: self._track(f(), p)  # noqa: E731
                 servers.append(await self._loop.create_server(factory, host, port))
+                self._servers.append((lst.proto, lst.address, servers[-1]))
+            if self.web is not None:
+                await self.web.start()
         except OSError:
             for server in servers:
                 server.close()
@@ -347,6 +362,8 @@ class Daemon:
     async def _shutdown(self, servers: list, threads: list[threading.Thread], scheduler: Scheduler) -> None:
         sd_notify("STOPPING=1")
         grace = self.settings.daemon.shutdown_grace
+        if self.web is not None:
+            await self.web.stop()
         for server in servers:
             server.close()  # no new connections
         await self.intake.settle(grace)  # stores in progress finish and are answered
@@ -402,6 +419,10 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
     jobs: list[Job] = [
         Job("backlog", cfg.drain_interval, intake.recount),
     ]
+    if settings.digest:  # mailed digests: each queued once per period, when due
+        from maild.reports.digest import CHECK_INTERVAL, Digests
+
+        jobs.append(Job("digest", CHECK_INTERVAL, Digests(app.sessions, settings).run))
     # The outbox sender runs every outbound.send_interval, and at once when a commit queued mail.
     wake_on_queued(app.sessions, app.sender.wake.set)
     services: list[Service] = [
@@ -409,5 +430,7 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
         DrainWorker(app.pipeline, intake, cfg.drain_batch, cfg.drain_interval, cfg.max_drain_batch),
         *imap_services(app, on_stored=intake.arrived),
     ]
-    return Daemon(settings, intake, smtp.listeners(settings, intake), jobs, services, on_hup,
-                  closers=[app.close, engine.dispose], banner=start_banner(settings, app.signer is not None))
+    daemon = Daemon(settings, intake, smtp.listeners(settings, intake), jobs, services, on_hup,
+                    closers=[app.close, engine.dispose], banner=start_banner(settings, app.signer is not None))
+    daemon.web = web_service(settings, app.sessions, app.signer, daemon.listening, lambda: dict(daemon.sessions_opened))
+    return daemon

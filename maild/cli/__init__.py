@@ -162,7 +162,9 @@ class _LazyGroup(click.Group):
         "issues": "records", "quarantine": "records", "customers": "customers",
         "outbox": "outbound", "notify": "outbound", "bounces": "outbound",
         "reply": "reps", "canned": "reps", "poll": "poll", "run": "daemon",
-        "status": "status",
+        "bulk": "bulk", "gifts": "gifts",
+        "status": "status", "report": "report", "digest": "report",
+        "sla": "sla", "selftest": "selftest",
     }
 
     def _load(self, *names: str) -> None:

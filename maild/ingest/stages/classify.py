@@ -41,6 +41,7 @@ def classify(message: Message, sender: str | None, own: OwnMail) -> Classificati
         bounce=bounce,
         mailing_list=_mailing_list(message),
         own_mail=_own_mail(message, sender, own),
+        probe=_header(message, "X-Maild-Probe")[:200] or None,  # a self-test probe, if signed (pipeline)
     )
 
 

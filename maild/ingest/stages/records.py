@@ -72,6 +72,7 @@ class Classification:
     bounce: Bounce | None = None
     mailing_list: str | None = None  # List-Id or similar, when it came via a list
     own_mail: bool = False  # our own outbound mail coming back
+    probe: str | None = None  # the X-Maild-Probe header as found (the pipeline verifies its signature)
 
 
 HUMAN = Classification()
@@ -147,3 +148,4 @@ class Stored:
     source: str = ""  # the transport it came by: smtp, lmtp, imap, pipe, import
     token_rep_id: int | None = None  # the rep a valid reply token in its recipients names
     token_purpose: str | None = None  # reply, note or customer
+    probe: str | None = None  # outcome "probe": the self-test probe's token
