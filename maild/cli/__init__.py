@@ -163,6 +163,7 @@ class _LazyGroup(click.Group):
         "outbox": "outbound", "notify": "outbound", "bounces": "outbound",
         "reply": "reps", "canned": "reps", "poll": "poll", "run": "daemon",
         "bulk": "bulk", "gifts": "gifts",
+        "bulk": "bulk", "gifts": "gifts",
         "status": "status", "report": "report", "digest": "report",
         "sla": "sla", "selftest": "selftest",
     }

@@ -52,11 +52,20 @@ def _print_record(data: dict, as_json: bool) -> None:
         print_json(data)
         return
     click.echo(_line(data))
-    for key in ("postal_code", "phone", "other_id_info", "language", "time_zone", "birthday"):
+    for key in ("postal_code", "phone", "other_id_info", "language", "time_zone", "birthday", "last_visit"):
         if data[key]:
             click.echo(f"  {key}: {data[key]}")
     if data["tags"]:
         click.echo(f"  tags: {' '.join(data['tags'])}")
+    if data["total_spent"] is not None:
+        click.echo(f"  total_spent: {data['total_spent']} {data['currency'] or ''}".rstrip())
+    for key in ("products_bought", "products_viewed", "mailing_lists"):
+        if data.get(key):
+            click.echo(f"  {key}: {' '.join(data[key])}")
+    if data["opted_out"]:
+        click.echo(f"  opted out of bulk mail: {data['opted_out']}")
+    for g in data.get("gift_certificates", ()):
+        click.echo(f"  gift certificate {g['code']}: {g['amount']} {g['currency']} ({g['state']})")
 
 
 def _print_rows(rows: list[dict], as_json: bool) -> None:

@@ -6,6 +6,12 @@ merged into it; else a record is created. Re-importing updates: values given
 are set, empty ones never clear a field, and addresses are only added. The
 whole file is checked and applied in the caller's one transaction, so a bad
 row (named by its line or entry) leaves nothing half-applied.
+
+The site's facts about a user (products bought and viewed, last visit, money
+spent and its currency, mailing lists) follow the same rule: a value given
+replaces the record's (a list of SKUs or lists replaces the whole list), an
+empty one keeps it. SKUs and list names are CustomerSiteFact rows, indexed, so
+segments (maild/bulk) query them in SQL.
 """
 
 from __future__ import annotations
@@ -13,21 +19,42 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, fields
 from collections.abc import Iterator
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, selectinload
 
 from maild.addresses import AddressRules
 from maild.customers.admin import (
     CustomerError, RecordFields, apply_fields, check_email, check_fields, describe, live, merge, split_tags,
 )
-from maild.models import Customer, CustomerAddress
+from maild.models import Customer, CustomerAddress, CustomerSiteFact
 
-COLUMNS = ("user_id", "emails", "name", *(f.name for f in fields(RecordFields) if f.name != "name"))
+RECORD_COLUMNS = ("user_id", "emails", "name", *(f.name for f in fields(RecordFields) if f.name != "name"))
+FACT_COLUMNS = ("products_bought", "products_viewed", "last_visit", "total_spent", "currency", "mailing_lists")
+COLUMNS = (*RECORD_COLUMNS, *FACT_COLUMNS)
 REQUIRED = ("user_id", "emails", "name")
+FACT_KINDS = {"products_bought": "bought", "products_viewed": "viewed", "mailing_lists": "list"}
+ITEM_SPLIT_RE = re.compile(r"[\s;]+")
+MAX_ITEMS = 10_000  # SKUs or lists per user and kind
+MAX_SPENT = Decimal("1e12")
+
+
+@dataclass(frozen=True)
+class SiteFacts:
+    """What the site knows about a user; None keeps what the record has."""
+
+    bought: tuple[str, ...] | None = None
+    viewed: tuple[str, ...] | None = None
+    lists: tuple[str, ...] | None = None
+    last_visit: date | None = None
+    total_spent: Decimal | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +65,7 @@ class UserRow:
     user_id: str
     emails: tuple[str, ...]
     values: RecordFields
+    facts: SiteFacts = SiteFacts()
 
 
 @dataclass(frozen=True)
@@ -68,6 +96,55 @@ def _list(where: str, key: str, value) -> tuple[str, ...]:
     raise CustomerError(f"{where}: {key} must be a list of text, not {json.dumps(value)}")
 
 
+def _items(where: str, key: str, value) -> tuple[str, ...] | None:
+    """SKUs or list names: a cell separated by ; or spaces, or a JSON list; None when empty."""
+    if value is None or isinstance(value, str):
+        items = tuple(t for t in ITEM_SPLIT_RE.split((value or "").strip()) if t)
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        items = tuple(v.strip() for v in value if v.strip())
+    else:
+        raise CustomerError(f"{where}: {key} must be text or a list of text, not {json.dumps(value)[:60]}")
+    if len(items) > MAX_ITEMS:
+        raise CustomerError(f"{where}: {key} has more than {MAX_ITEMS} entries")
+    long = next((t for t in items if len(t) > 100), None)
+    if long is not None:
+        raise CustomerError(f"{where}: {key}: {long[:40]!r}... is longer than 100 characters")
+    return tuple(dict.fromkeys(items)) or None
+
+
+def _facts(where: str, raw: dict) -> SiteFacts:
+    visit = _text(where, "last_visit", raw.get("last_visit"))
+    spent = raw.get("total_spent")
+    currency = _text(where, "currency", raw.get("currency"))
+    day = None
+    if visit:
+        try:
+            day = date.fromisoformat(visit) if len(visit) == 10 else datetime.fromisoformat(visit).date()
+        except ValueError:
+            raise CustomerError(f"{where}: last_visit {visit!r} is not an ISO date such as 2026-05-31") from None
+        if day > date.today():
+            raise CustomerError(f"{where}: last_visit {visit} is in the future")
+    amount = None
+    if spent not in (None, "") and not isinstance(spent, bool):
+        try:
+            amount = Decimal(spent.strip() if isinstance(spent, str) else str(spent))
+        except (InvalidOperation, TypeError):
+            amount = None
+        if amount is None or not amount.is_finite() or amount < 0 or amount >= MAX_SPENT:
+            raise CustomerError(f"{where}: total_spent {spent!r} is not an amount such as 149.90")
+        amount = amount.quantize(Decimal("0.01"))
+    elif isinstance(spent, bool):
+        raise CustomerError(f"{where}: total_spent must be a number")
+    if currency and not re.fullmatch(r"[A-Za-z]{3}", currency):
+        raise CustomerError(f"{where}: currency {currency!r} is not a three-letter code such as EUR")
+    return SiteFacts(
+        _items(where, "products_bought", raw.get("products_bought")),
+        _items(where, "products_viewed", raw.get("products_viewed")),
+        _items(where, "mailing_lists", raw.get("mailing_lists")),
+        day, amount, currency.upper() if currency else None,
+    )
+
+
 def user_row(where: str, raw: dict) -> UserRow:
     """Check one row (a CSV line or a JSON object) against the documented columns."""
     unknown = sorted(k for k in raw if k not in COLUMNS)
@@ -80,11 +157,12 @@ def user_row(where: str, raw: dict) -> UserRow:
     emails = _list(where, "emails", raw.get("emails"))
     if not emails:
         raise CustomerError(f"{where}: emails is required: at least one address")
-    values = {k: _text(where, k, raw.get(k)) for k in COLUMNS[2:] if k != "tags"}
+    values = {k: _text(where, k, raw.get(k)) for k in RECORD_COLUMNS[2:] if k != "tags"}
     tags = _list(where, "tags", raw.get("tags")) or None
+    facts = _facts(where, raw)
     try:
         emails = tuple(check_email(e) for e in emails)
-        return UserRow(where, user_id, emails, check_fields(RecordFields(**values, tags=tags)))
+        return UserRow(where, user_id, emails, check_fields(RecordFields(**values, tags=tags)), facts)
     except CustomerError as exc:
         raise CustomerError(f"{where}: {exc}") from None
 
@@ -214,7 +292,40 @@ def _import_one(known: _Known, row: UserRow, counts: Counter) -> None:
             have.add(key)
             known.owners[key] = user
             changed = True
+    changed = _apply_facts(session, user, row.facts) or changed
     counts["updated" if outcome == "unchanged" and changed else outcome] += 1
+
+
+def _apply_facts(session: Session, user: Customer, facts: SiteFacts) -> bool:
+    """Set the facts given; a list given replaces the record's list of that kind. True when anything changed."""
+    changed = False
+    for name in ("last_visit", "total_spent", "currency"):
+        value = getattr(facts, name)
+        if value is not None and getattr(user, name) != value:
+            setattr(user, name, value)
+            changed = True
+    lists = {"bought": facts.bought, "viewed": facts.viewed, "list": facts.lists}
+    given = {kind: values for kind, values in lists.items() if values is not None}
+    if not given:
+        return changed
+    if user.id is None:
+        session.flush()
+    have: dict[str, set[str]] = {kind: set() for kind in given}
+    q = select(CustomerSiteFact.kind, CustomerSiteFact.value).where(
+        CustomerSiteFact.customer_id == user.id, CustomerSiteFact.kind.in_(list(given)))
+    for kind, value in session.execute(q):
+        have[kind].add(value)
+    for kind, values in given.items():
+        wanted = set(values)
+        gone, new = have[kind] - wanted, [v for v in values if v not in have[kind]]
+        if gone:
+            session.execute(delete(CustomerSiteFact).where(
+                CustomerSiteFact.customer_id == user.id, CustomerSiteFact.kind == kind,
+                CustomerSiteFact.value.in_(sorted(gone))))
+        if new:
+            session.add_all(CustomerSiteFact(customer_id=user.id, kind=kind, value=v) for v in new)
+        changed = changed or bool(gone or new)
+    return changed
 
 
 def import_users(session: Session, rules: AddressRules, rows: list[UserRow]) -> ImportReport:

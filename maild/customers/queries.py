@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from maild.addresses import AddressRules
 from maild.customers.admin import CustomerError, live, recheck
-from maild.models import Action, Customer, CustomerAddress, Interaction, Issue
+from maild.models import Action, Customer, CustomerAddress, CustomerSiteFact, GiftCertificate, Interaction, Issue
 from maild.timefmt import iso as _iso
 
 SEARCH_LIMIT = 200
@@ -45,7 +45,29 @@ def customer_json(c: Customer) -> dict:
         "time_zone": c.time_zone,
         "birthday": c.birthday.isoformat() if c.birthday else None,
         "created": _iso(c.created_at),
+        "last_visit": c.last_visit.isoformat() if c.last_visit else None,
+        "total_spent": f"{c.total_spent:.2f}" if c.total_spent is not None else None,
+        "currency": c.currency,
+        "opted_out": _iso(c.opted_out_at),
     }
+
+
+def site_facts(session: Session, customer_id: int) -> dict:
+    """The site's SKUs and mailing lists on a record, and the gift certificates it was issued."""
+    out: dict = {"products_bought": [], "products_viewed": [], "mailing_lists": []}
+    names = {"bought": "products_bought", "viewed": "products_viewed", "list": "mailing_lists"}
+    q = (select(CustomerSiteFact.kind, CustomerSiteFact.value).where(CustomerSiteFact.customer_id == customer_id)
+         .order_by(CustomerSiteFact.id))
+    for kind, value in session.execute(q):
+        out[names[kind]].append(value)
+    out["gift_certificates"] = [
+        {"code": code, "amount": f"{amount:.2f}", "currency": currency, "state": state, "campaign": campaign}
+        for code, amount, currency, state, campaign in session.execute(
+            select(GiftCertificate.code, GiftCertificate.amount, GiftCertificate.currency, GiftCertificate.state,
+                   GiftCertificate.campaign_id).where(GiftCertificate.customer_id == customer_id)
+            .order_by(GiftCertificate.id))
+    ]
+    return out
 
 
 def _live_records():
@@ -110,6 +132,7 @@ def show_customer(session: Session, rules: AddressRules, customer_id: int) -> Sh
     out["merged_ids"] = list(session.scalars(
         select(Customer.id).where(Customer.merged_into_id == customer.id).order_by(Customer.id)
     ))
+    out.update(site_facts(session, customer.id))
     out["issues"] = list_issues_for_customer(session, customer.id)
     return Shown(out, tuple(notes))
 

@@ -23,6 +23,7 @@ from maild.tokens import TokenSigner
 from maild.outbound.compose import Outgoing
 from maild.outbound.decide import DecideContext, IssueView, RepView, TriggerView, decide
 from maild.outbound.outbox import OutboxPolicy, auto_allowed, enqueue, record_note
+from maild.bulk.optout import opt_out
 from maild.desk.repmail import RepMail
 from maild.outbound.templates import Templates
 
@@ -53,6 +54,9 @@ class Notifier:
         if stored.interaction_id is None or stored.issue_id is None:
             raise ValueError(f"stored interaction without ids: interaction={stored.interaction_id} "
                              f"issue={stored.issue_id}")
+        if stored.token_purpose == "unsubscribe":  # a campaign's unsubscribe address: an opt-out, nothing sent
+            opt_out(session, stored.issue_id)
+            return
         interaction = session.get_one(Interaction, stored.interaction_id)
         if interaction.bounce:
             self._mark_failing(session, interaction.bounce, stored.issue_id)

@@ -32,6 +32,8 @@ class Outgoing:
     references: tuple[str, ...] = ()
     auto: bool = True
     to_customer: bool = False
+    # More headers as (name, value), e.g. a campaign's List-Unsubscribe and Precedence: bulk.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def one_line(value: str, limit: int = 900) -> str:
@@ -73,5 +75,7 @@ def compose(
         msg["Auto-Submitted"] = "auto-replied" if out.in_reply_to else "auto-generated"
         msg["X-Auto-Response-Suppress"] = "All"
     msg["X-Maild-Loop"] = one_line(loop_tag, 100)
+    for name, value in out.headers:
+        msg[one_line(name, 76)] = one_line(value)
     msg.set_content(out.body)
     return msg.as_bytes()

@@ -24,7 +24,8 @@ from maild.outbound.compose import Outgoing, compose, new_message_id
 # Every status an outbox row can have: queued until a sender leases it, sending
 # while leased, then sent, failed, held (spell check) or unknown (delivery
 # ambiguous twice, never sent a third time).
-OUTBOX_STATUSES = ("queued", "sending", "sent", "held", "failed", "unknown")
+# A campaign's rows not yet sent when it is cancelled become cancelled.
+OUTBOX_STATUSES = ("queued", "sending", "sent", "held", "failed", "unknown", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -83,20 +84,22 @@ def _interaction(
 
 
 def enqueue(
-    session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime | None = None, status: str = "queued"
+    session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime | None = None, status: str = "queued",
+    not_before: datetime | None = None,
 ) -> OutboxMessage:
     """Queue one mail (or hold it: status "held") and record it on its issue; the caller commits."""
     now = now or utcnow()
+    due = max(now, not_before or now)  # a throttled campaign's row: Date, first attempt and deadline from then
     from_addr, display = policy.mailboxes[out.mailbox]
     message_id = new_message_id(policy.message_id_domain)
-    data = compose(out, from_addr, display, message_id, now, policy.message_id_domain)
+    data = compose(out, from_addr, display, message_id, due, policy.message_id_domain)
     interaction = _interaction(session, out, message_id, from_addr, display)
     row = OutboxMessage(
         kind=out.kind, mailbox=out.mailbox, issue_id=out.issue_id, interaction_id=interaction.id,
         rep_id=out.rep_id, envelope_from=from_addr, recipients=[*out.to, *out.cc],
         recipient_key=policy.rules.key(out.to[0]), message_id=message_id, data=data, auto=out.auto,
-        to_customer=out.to_customer, status=status, attempts=0, next_attempt_at=now,
-        deadline_at=now + policy.deadline, created_at=now,
+        to_customer=out.to_customer, status=status, attempts=0, next_attempt_at=due,
+        deadline_at=due + policy.deadline, created_at=now,
     )
     session.add(row)
     session.flush()

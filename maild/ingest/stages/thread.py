@@ -4,14 +4,15 @@ In this order: our signed reply token in a recipient address; In-Reply-To,
 then References (newest first), matching any stored interaction, inbound or
 outbound; a bounce's original Message-ID; our subject tag, only when the
 sender already takes part in that issue or is a rep; else a new issue in the
-mailbox's category. Pure: it reads through the lookup, never writes.
+mailbox's category. Mail to a campaign's unsubscribe address (its token's
+purpose) counts as automatic. Pure: it reads through the lookup, never writes.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 from collections.abc import Sequence
 
@@ -83,6 +84,15 @@ def _by_subject_tag(
     if sender.is_rep or lookup.is_participant(issue_id, sender.customer_id, sender.email):
         return ThreadDecision(issue_id, "subject-tag")
     return None
+
+
+def unsubscribe_request(decision: ThreadDecision, cls: Classification) -> Classification:
+    """Mail to a campaign's signed unsubscribe address is a request to maild, not a conversation:
+    automatic, so it reopens nothing, opens no issue and is acknowledged by nobody; the desk's
+    hook records the opt-out on the issue's record."""
+    if decision.token_purpose == "unsubscribe" and cls.auto is None:
+        return replace(cls, auto="unsubscribe")
+    return cls
 
 
 def prove_rep(
