@@ -13,16 +13,16 @@ import hmac
 import re
 from dataclasses import dataclass
 
-PURPOSES = {"r": "reply", "n": "note", "c": "customer"}
+PURPOSES = {"r": "reply", "n": "note", "c": "customer", "u": "unsubscribe"}
 CODES = {v: k for k, v in PURPOSES.items()}
-TOKEN_RE = re.compile(r"^i(\d{1,12})-(?:r(\d{1,9})-)?([rnc])-([a-z2-7]{16})$")
+TOKEN_RE = re.compile(r"^i(\d{1,12})-(?:r(\d{1,9})-)?([" + "".join(PURPOSES) + r"])-([a-z2-7]{16})$")
 
 
 @dataclass(frozen=True)
 class ReplyToken:
     issue_id: int
     rep_id: int | None
-    purpose: str  # reply, note, customer
+    purpose: str  # reply, note, customer, unsubscribe (a campaign mail's List-Unsubscribe)
 
 
 class TokenSigner:
