@@ -7,18 +7,11 @@ from sqlalchemy import update
 
 from maild.desk import queries
 from maild.ingest import quarantine as quarantine_view
-from maild.addresses import AddressRules
 from maild.app import build
 from maild.config import Settings
 from maild.models import RawMessage
 from maild.cli import json_option, main, reading, print_json, with_settings
-
-
-def _issue_line(i: dict) -> str:
-    return (
-        f"#{i['id']:<6} {i['status']:<7} {i['category']:<14} {i['interactions']:>3}  "
-        f"{(i['customer'] or '-'):<30} {i['subject'][:60]}"
-    )
+from maild.cli.issues import issues_list, issues_merge, issues_search
 
 
 def _who(i: dict) -> str:
@@ -44,12 +37,15 @@ def issue_text(data: dict) -> list[str]:
         ("Created", data["created"]), ("Updated", data["updated"] or "-"), ("Closed", data["closed"] or "-"),
         ("Order", data["order_id"] or "-"), ("Gift certificate", data["gift_certificate_id"] or "-"),
     ]
+    if data.get("merged_into"):
+        fields.append(("Merged into", f"#{data['merged_into']}"))
     lines = [f"{name + ':':<18}{value}" for name, value in fields]
     for n, i in enumerate(data["interactions"], 1):
         auto = f" [auto: {i['auto']}]" if i["auto"] else ""
         lines += ["", f"--- {n}. {i['direction']} {i['kind']} from {_who(i)}, {i['date'] or i['created']}{auto}"]
         lines += [f"Subject: {i['subject']}"]
         lines += [f"Follow-up: {f}" for f in i["follow_up_required"]]
+        lines += [f"Picked {name}: {', '.join(values)}" for name, values in i.get("picks", {}).items()]
         lines += [f"Attachment: {a['filename']} ({a['content_type']}, {a['size']} bytes)" for a in i["attachments"]]
         lines += ["", i["new_text"].rstrip()]
     if not data["interactions"]:
@@ -59,26 +55,11 @@ def issue_text(data: dict) -> list[str]:
 
 @main.group()
 def issues() -> None:
-    """List and show issues."""
+    """List, search, show and merge issues."""
 
 
-@issues.command("list")
-@with_settings
-@json_option
-@click.option("--status", type=click.Choice(["open", "pending", "closed"]), help="Only issues with this status.")
-@click.option("--category", help="Only issues in this category.")
-@click.option("--customer", help="Only issues of the customer with this email address.")
-def issues_list(settings: Settings, as_json: bool, status, category, customer) -> None:
-    """Issues, oldest first: id, status, category, interactions, customer, subject."""
-    if customer:
-        customer = AddressRules(settings.ingest.fold_plus_addresses, settings.ingest.case_sensitive_local_part).key(customer)
-    with reading(settings) as session:
-        rows = queries.list_issues(session, status, category, customer)
-    if as_json:
-        print_json(rows)
-    else:
-        for row in rows:
-            click.echo(_issue_line(row))
+for _command in (issues_list, issues_search, issues_merge):  # cli/issues.py
+    issues.add_command(_command)
 
 
 @issues.command("show")

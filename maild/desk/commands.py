@@ -25,6 +25,7 @@ _LIST_SPLIT = re.compile(r"[\s,]+")
 
 # Commands that say one thing about the issue: two of a group contradict.
 _EXCLUSIVE = (("close", "reopen", "pending"), ("assign", "take"), ("priority",), ("category",))
+_EXCLUSIVE += (("merge", "split"), ("type",), ("order",), ("gift",))
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,26 @@ def _link(rest: str) -> tuple[str, ...]:
     return (str(int(number)),)
 
 
+def _picks(rest: str) -> tuple[str, ...]:
+    """#used: one or more picklist values, separated by commas (a value may have spaces)."""
+    values = tuple(" ".join(v.split()) for v in rest.split(",") if v.strip())
+    if not values:
+        raise _Invalid("expected one or more values from the picklist, separated by commas")
+    return values
+
+
+def _reference(what: str):
+    """#order, #gift: one reference such as A-1001 (letters, digits and . _ / : # -)."""
+
+    def parse(rest: str) -> tuple[str, ...]:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:#-]{0,99}", rest):
+            got = repr(rest) if rest else "nothing"
+            raise _Invalid(f"expected {what} such as A-1001 (no spaces, at most 100 characters), got {got}")
+        return (rest,)
+
+    return parse
+
+
 _PARSERS = {
     "close": _no_args,
     "reopen": _no_args,
@@ -118,6 +139,12 @@ _PARSERS = {
     "followup": _required("a description of the follow-up work"),
     "cc": _cc,
     "link": _link,
+    "type": _required("a value from the issue_type picklist"),  # desk/picklists.py
+    "used": _picks,  # values from the info_used picklist
+    "merge": _link,  # merge this issue into the one named (desk/merge.py)
+    "split": _no_args,  # a new issue from the interaction this mail answers
+    "order": _reference("an order id"),
+    "gift": _reference("a gift certificate id"),
 }
 
 

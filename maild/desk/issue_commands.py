@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from maild.models import Action, Category, Interaction, Issue, Rep, utcnow
 from maild.desk.commands import Command
+from maild.desk import merge as merging
+from maild.desk.picklists import INFO_USED, ISSUE_TYPE, Picklists, PicklistError, record_picks
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 
@@ -57,9 +59,60 @@ def _status(status: str) -> Callable[[Issue], None]:
     return apply
 
 
-def _plan(session: Session, issue: Issue, rep: Rep, interaction: Interaction, cmd: Command) -> Callable[[], None] | None:
+def _own_action(session: Session, issue: Issue, interaction: Interaction, command: str) -> Action:
+    action = session.scalar(select(Action).where(Action.issue_id == issue.id, Action.interaction_id == interaction.id))
+    if action is None:  # the mail's own action on the issue is written before commands run
+        raise CommandError(f"#{command}: this mail is not recorded on issue #{issue.id}")
+    return action
+
+
+def _pick(session: Session, issue: Issue, interaction: Interaction, cmd: Command,
+          picklists: Picklists | None) -> Callable[[], None]:
+    """#type, #used: values checked against their picklist, recorded on this mail's action."""
+    picklist = ISSUE_TYPE if cmd.name == "type" else INFO_USED
+    try:
+        values = (picklists or Picklists(())).check_all(picklist, cmd.args)
+    except PicklistError as exc:
+        raise CommandError(f"#{cmd.name}: {exc}") from None
+    action = _own_action(session, issue, interaction, cmd.name)
+    return lambda: record_picks(session, action, picklist, values)
+
+
+def _merge_plan(session: Session, issue: Issue, interaction: Interaction, cmd: Command) -> Callable[[], None]:
+    """#merge N: this issue into issue N. #split: a new issue from the interaction this mail answers."""
+    try:
+        if cmd.name == "split":
+            source = merging.split_source(session, issue, interaction)
+
+            def split() -> None:
+                merging.split_issue(session, issue, source, interaction)
+
+            return split
+        target = session.get(Issue, int(cmd.args[0]))
+        if target is None:
+            raise CommandError(f"#merge: no issue #{cmd.args[0]}")
+        merging.check_merge(issue, target)
+    except merging.MergeError as exc:
+        raise CommandError(f"#{cmd.name}: {exc}") from None
+
+    def merge() -> None:
+        merging.merge_issues(session, issue, target)
+
+    return merge
+
+
+def _plan(session: Session, issue: Issue, rep: Rep, interaction: Interaction, cmd: Command,
+          picklists: Picklists | None = None) -> Callable[[], None] | None:
     """Validate one command; return what applying it does."""
     name, args = cmd.name, cmd.args
+    if name in ("type", "used"):
+        return _pick(session, issue, interaction, cmd, picklists)
+    if name in ("merge", "split"):
+        return _merge_plan(session, issue, interaction, cmd)
+    if name == "order":
+        return lambda: setattr(issue, "order_id", args[0])
+    if name == "gift":
+        return lambda: setattr(issue, "gift_certificate_id", args[0])
     if name in ("close", "reopen", "pending"):
         return lambda: _status({"close": "closed", "reopen": "open", "pending": "pending"}[name])(issue)
     if name == "take":
@@ -103,8 +156,11 @@ def _followup(session: Session, issue: Issue, interaction: Interaction, text: st
     action.follow_up_required = text
 
 
-def apply_commands(session: Session, issue: Issue, rep: Rep, interaction: Interaction, commands: Sequence[Command]) -> None:
-    plans = [_plan(session, issue, rep, interaction, c) for c in commands]
+def apply_commands(session: Session, issue: Issue, rep: Rep, interaction: Interaction, commands: Sequence[Command],
+                   picklists: Picklists | None = None) -> None:
+    # #merge and #split go last: the issue's other changes are made before it becomes a pointer.
+    ordered = sorted(commands, key=lambda c: c.name in ("merge", "split"))
+    plans = [_plan(session, issue, rep, interaction, c, picklists) for c in ordered]
     for plan in plans:
         if plan is not None:
             plan()

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from maild.customers import queries as customers
+from maild.desk.picklists import picks_by_interaction
 from maild.timefmt import iso as _iso
 from maild.models import Action, Category, Customer, CustomerAddress, Interaction, Issue, Rep
 
@@ -115,4 +116,8 @@ def show_issue(session: Session, issue_id: int) -> dict | None:
     if rep_ids:
         rep_names = {rid: name for rid, name in session.execute(select(Rep.id, Rep.name).where(Rep.id.in_(rep_ids)))}
     out["interactions"] = [interaction_json(i, rep_names) for i in interactions]
+    out["merged_into"] = issue.merged_into_id
+    picks = picks_by_interaction(session, issue_id)  # #type, #used, #log's channel
+    for shown in out["interactions"]:
+        shown["picks"] = picks.get(shown["id"], {})
     return out

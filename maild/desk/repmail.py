@@ -25,6 +25,7 @@ from maild.desk.commands import parse_commands
 from maild.outbound.compose import Outgoing
 from maild.outbound.decide import reply_subject, with_tag
 from maild.desk.issue_commands import CommandError, apply_commands
+from maild.desk.picklists import Picklists
 from maild.outbound.outbox import OutboxPolicy, enqueue
 from maild.desk.spelling import Speller, report
 
@@ -44,6 +45,7 @@ class RepMail:
         self.policy = policy
         self.signer = signer
         self.canned = {c.name.lower(): c.body for c in settings.canned}
+        self.picklists = Picklists(settings.picklist)
 
     def handle(self, session: Session, stored: Stored, interaction: Interaction) -> None:
         ctx = RepContext(session.get_one(Rep, stored.rep_id), session.get_one(Issue, stored.issue_id), interaction)
@@ -52,7 +54,7 @@ class RepMail:
         errors = list(parsed.errors)
         if not errors:
             try:
-                apply_commands(session, ctx.issue, ctx.rep, ctx.interaction, parsed.commands)
+                apply_commands(session, ctx.issue, ctx.rep, ctx.interaction, parsed.commands, self.picklists)
             except CommandError as exc:
                 errors.append(str(exc))
         if errors:

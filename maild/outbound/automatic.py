@@ -59,12 +59,19 @@ def send_automatic(
     issue = session.get(Issue, issue_id) if issue_id is not None else None
     if issue_id is not None and issue is None:
         raise NotifyError(f"no issue #{issue_id}")
+    for _ in range(50):  # a merged issue's mail goes onto the issue it was merged into
+        if issue is None or issue.merged_into_id is None:
+            break
+        issue = session.get_one(Issue, issue.merged_into_id)
     mailbox = settings.mailbox_named(mailbox_name or (issue.mailbox if issue else settings.mailbox[0].name))
     customer = _customer(session, policy, to)
     defaults = {"customer_name": customer.name, "signature": mailbox.signature, "mailbox_address": mailbox.address}
     rendered = templates.render(template, **(defaults | variables))
     if issue is None:
         issue = _closed_issue(session, mailbox, customer, rendered.subject)
+    # The seed's references: `--var order_id=A-1001` links the issue to the order it is about.
+    issue.order_id = (variables.get("order_id") or "").strip()[:100] or issue.order_id
+    issue.gift_certificate_id = (variables.get("gift_certificate_id") or "").strip()[:100] or issue.gift_certificate_id
     out = Outgoing(
         kind="auto", mailbox=mailbox.name, to=(to,),
         subject=with_tag(rendered.subject, subject_tag(settings.threading.tag_prefix, issue.id)),

@@ -32,6 +32,7 @@ _ISSUES_BY_MESSAGE_IDS = (
     .where(Interaction.message_id.in_(bindparam("ids", expanding=True)))
 )
 _STATUS = select(Issue.status).where(Issue.id == bindparam("id"))
+_ISSUE_MERGED_INTO = select(Issue.merged_into_id).where(Issue.id == bindparam("id"))
 _CATEGORIES = select(Category.name, Category.id)
 
 
@@ -114,6 +115,18 @@ class DbLookup:
         ids = list(dict.fromkeys(i for i in ids if i))[:200]
         self._fetch_threads(ids)
         return {i: n for i in ids if (n := self._threads[i]) is not None}
+
+    def live_issue(self, issue_id: int) -> int:
+        """The issue mail for `issue_id` lands on: a merged issue's pointer followed
+        (desk/merge.py). Free for an issue that is not merged: its status is known."""
+        for _ in range(50):  # a chain never loops; the bound only guards bad data
+            if self.issue_status(issue_id) != "merged":
+                break
+            target = self.conn.scalar(_ISSUE_MERGED_INTO, {"id": issue_id})
+            if target is None:
+                break
+            issue_id = target
+        return issue_id
 
     def issue_status(self, issue_id: int) -> str | None:
         if issue_id not in self._status:

@@ -28,6 +28,8 @@ class ThreadLookup(Protocol):
 
     def issue_status(self, issue_id: int) -> str | None: ...
 
+    def live_issue(self, issue_id: int) -> int: ...  # a merged issue's pointer followed
+
     def is_participant(self, issue_id: int, customer_id: int | None, email: str) -> bool: ...
 
 
@@ -128,8 +130,10 @@ def thread(
         or _by_subject_tag(msg, sender, ctx, lookup)
     )
     if decision is not None:
+        # Mail for a merged issue lands on the issue it was merged into.
+        issue_id = lookup.live_issue(decision.issue_id) if decision.issue_id is not None else None
         return ThreadDecision(
-            decision.issue_id, decision.reason, ctx.category, decision.token_rep_id, decision.token_purpose,
-            lookup.issue_status(decision.issue_id) if decision.issue_id is not None else None,
+            issue_id, decision.reason, ctx.category, decision.token_rep_id, decision.token_purpose,
+            lookup.issue_status(issue_id) if issue_id is not None else None,
         )
     return ThreadDecision(None, "new", ctx.category)
