@@ -21,6 +21,7 @@ from maild.ingest.stages.records import Stored
 from maild.subjects import subject_tag
 from maild.models import Action, Interaction, Issue, OutboxMessage, Rep
 from maild.desk.canned import expand
+from maild.models import CannedUse
 from maild.desk.commands import parse_commands
 from maild.outbound.compose import Outgoing
 from maild.outbound.decide import reply_subject, with_tag
@@ -72,6 +73,9 @@ class RepMail:
                            f"Known: {', '.join(sorted(self.canned)) or 'none'}.")
             return
         body = expanded.body.strip()
+        if expanded.used and (is_note or body):  # what the resources report counts
+            session.add_all(CannedUse(name=name, issue_id=ctx.issue.id, interaction_id=ctx.interaction.id,
+                                      rep_id=ctx.rep.id) for name in expanded.used)
         if is_note:
             self._record_note(session, ctx, body)
         elif body:
