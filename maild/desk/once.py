@@ -18,5 +18,6 @@ def insert_once(session: Session, table: Table, values: dict, key: list[str]) ->
     """True when this call inserted the row; False when a row with the same key exists."""
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=key)
-    return bool(session.connection().execute(statement).rowcount)
+    statement = insert(table).values(**values).on_conflict_do_nothing(index_elements=key).returning(table.c[key[0]])
+    # RETURNING, not rowcount: the drivers report -1 for an insert that returns rows.
+    return session.execute(statement).first() is not None

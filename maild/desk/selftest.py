@@ -176,7 +176,8 @@ class Selftest:
                     continue
                 if latest.state == "ok":
                     since = session.scalar(select(SelftestAlert.since).where(SelftestAlert.address == address))
-                    gone = session.connection().execute(delete(SelftestAlert).where(SelftestAlert.address == address)).rowcount
+                    gone = session.execute(delete(SelftestAlert).where(SelftestAlert.address == address)
+                                           .returning(SelftestAlert.address)).first()
                     if gone and since is not None:
                         self._tell(session, "selftest_recovered", mailbox, address, now, since=aware(since).isoformat(),
                                    via=latest.returned_via or "", round_trip=f"{latest.round_trip or 0:.1f}")
