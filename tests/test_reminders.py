@@ -115,7 +115,7 @@ def test_reminder_then_escalation_once_each_across_a_restart_and_a_second_proces
     assert "pat@example.com" in text and "My printer is on fire." in text and "18.5 of 24.0 business hours" in text
     reply_to = reminder["Reply-To"].addresses[0].addr_spec
     assert reply_to.startswith("support+") and reply_to in text
-    assert "+i%d-" % issue in text.split("internal note")[0].rsplit("Write to", 1)[1]  # the note address
+    assert f"+i{issue}-" in text.split("internal note")[0].rsplit("Write to", 1)[1]  # the note address
     assert "missed its first response target" in escalation.get_content()
     with app.sessions() as s:
         row = s.get_one(Issue, issue)
