@@ -302,10 +302,10 @@ class Campaigns:
 
 def campaign_json(session: Session, c: Campaign) -> dict:
     by_state: dict[str, int] = dict(session.execute(select(_r.c.state, func.count()).where(_r.c.campaign_id == c.id)
-                                    .group_by(_r.c.state)).tuples().all())
+                                    .group_by(_r.c.state)).all())
     outbox: dict[str, int] = dict(session.execute(
         select(OutboxMessage.status, func.count()).join(_r, _r.c.outbox_id == OutboxMessage.id)
-        .where(_r.c.campaign_id == c.id).group_by(OutboxMessage.status)).tuples().all())
+        .where(_r.c.campaign_id == c.id).group_by(OutboxMessage.status)).all())
     state = c.status
     if state == "queued" and not outbox.get("queued") and not outbox.get("sending"):
         state = "done"

@@ -76,18 +76,23 @@ class Segment:
         return out
 
     def describe(self) -> str:
+        """The segment as the flags that select it."""
         parts = []
         for name, value in self.as_json().items():
-            flag = "--" + name.replace("_", "-")
+            flag = "--" + FLAG_NAMES.get(name, name).replace("_", "-")
             if isinstance(value, list):
                 parts += [f"{flag} {v}" for v in value]
             elif value is True:
                 parts.append(flag)
             elif value is False:
-                parts.append("--unregistered" if name == "registered" else f"--no-{flag[2:]}")
+                parts.append({"registered": "--unregistered", "has_open_issue": "--no-open-issue"}[name])
             else:
                 parts.append(f"{flag} {value}")
         return " ".join(parts) or "(everyone)"
+
+
+FLAG_NAMES = {"lists": "list", "tags": "tag", "languages": "language", "time_zones": "time_zone",
+              "categories": "category"}
 
 
 def _midnight(day: date) -> datetime:
