@@ -423,6 +423,10 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
         from maild.reports.digest import CHECK_INTERVAL, Digests
 
         jobs.append(Job("digest", CHECK_INTERVAL, Digests(app.sessions, settings).run))
+    if any(m.pending_close_days for m in settings.mailbox):  # pending issues the customer abandoned
+        from maild.desk.lifecycle import INTERVAL, PendingCloser
+
+        jobs.append(Job("pending-close", INTERVAL, PendingCloser(settings, app.sessions, app.templates).run))
     # The outbox sender runs every outbound.send_interval, and at once when a commit queued mail.
     wake_on_queued(app.sessions, app.sender.wake.set)
     services: list[Service] = [

@@ -1,6 +1,7 @@
 """The thread stage: which issue a message belongs to.
 
-In this order: our signed reply token in a recipient address; In-Reply-To,
+In this order: our signed reply token in a recipient address (a rep's desk
+token, on that rep's own mail, decides "desk": no issue); In-Reply-To,
 then References (newest first), matching any stored interaction, inbound or
 outbound; a bounce's original Message-ID; our subject tag, only when the
 sender already takes part in that issue or is a rep; else a new issue in the
@@ -41,11 +42,21 @@ class ThreadContext:
     category: str
 
 
-def _by_token(msg: ParsedMessage, ctx: ThreadContext, lookup: ThreadLookup) -> ThreadDecision | None:
+def _by_token(
+    msg: ParsedMessage, sender: CustomerMatch | None, ctx: ThreadContext, lookup: ThreadLookup
+) -> ThreadDecision | None:
     if ctx.signer is None:
         return None
     token = ctx.signer.find(msg.recipients, ctx.own_addresses)
-    if token and lookup.issue_status(token.issue_id):
+    if token is None:
+        return None
+    if token.issue_id is None:
+        # A rep's desk address: that rep's own mail is desk mail (no issue yet);
+        # anyone else's is threaded like any mail to the mailbox.
+        if token.purpose == "desk" and sender is not None and sender.is_rep and sender.rep_id == token.rep_id:
+            return ThreadDecision(None, "desk", ctx.category, token.rep_id, "desk")
+        return None
+    if lookup.issue_status(token.issue_id):
         return ThreadDecision(token.issue_id, "token", ctx.category, token.rep_id, token.purpose)
     return None
 
@@ -125,7 +136,7 @@ def thread(
     lookup: ThreadLookup,
 ) -> ThreadDecision:
     decision = (
-        _by_token(msg, ctx, lookup)
+        _by_token(msg, sender, ctx, lookup)
         or _by_message_ids(msg, cls, lookup)
         or _by_subject_tag(msg, sender, ctx, lookup)
     )
