@@ -90,24 +90,30 @@ def merge_issues(session: Session, source: Issue, target: Issue) -> int:
     return moved
 
 
+def _noticed(session: Session, issue: Issue, message_id: str) -> Interaction | None:
+    """The customer's mail a notice to reps about this issue told of. Notices are outbox rows,
+    queued in the transaction that stored that mail: the newest inbound mail on the issue then."""
+    queued = session.scalar(select(OutboxMessage.created_at).where(
+        OutboxMessage.message_id == message_id, OutboxMessage.issue_id == issue.id))
+    if queued is None:
+        return None
+    return session.scalar(select(Interaction).where(
+        Interaction.id.in_(select(Action.interaction_id).where(Action.issue_id == issue.id)),
+        Interaction.direction == "inbound", Interaction.created_at <= queued,
+    ).order_by(Interaction.id.desc()).limit(1))
+
+
 def split_source(session: Session, issue: Issue, written: Interaction) -> Interaction:
-    """The interaction a rep's mail is written on: the one its In-Reply-To (or References) names,
-    through the notification the rep answered, on this issue."""
+    """The interaction a rep's mail is written on: the customer's mail whose notification the rep
+    answered, or a mail on this issue that its In-Reply-To (else References, newest first) names."""
     on_issue = select(Action.interaction_id).where(Action.issue_id == issue.id)
-    wanted = [m for m in (written.in_reply_to, *reversed(written.references)) if m][:20]
-    for _ in range(3):  # the rep's mail -> the notification -> the customer's mail
-        found = None
-        for message_id in wanted:
-            found = session.scalar(select(Interaction).where(
-                Interaction.message_id == message_id, Interaction.id.in_(on_issue), Interaction.id != written.id,
-            ).order_by(Interaction.id).limit(1))
-            if found is not None:
-                break
-        if found is None:
-            break
-        if found.direction == "inbound" or not found.in_reply_to:
+    wanted = [m for m in dict.fromkeys((written.in_reply_to, *reversed(written.references))) if m][:20]
+    for message_id in wanted:
+        found = session.scalar(select(Interaction).where(
+            Interaction.message_id == message_id, Interaction.id.in_(on_issue), Interaction.id != written.id,
+        ).order_by(Interaction.id).limit(1)) or _noticed(session, issue, message_id)
+        if found is not None:
             return found
-        wanted = [found.in_reply_to]
     raise MergeError("reply to the notification of the message to split off (its In-Reply-To names it), "
                      f"on issue #{issue.id}")
 
