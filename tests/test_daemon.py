@@ -270,7 +270,7 @@ def test_one_mail_for_two_mailboxes_by_smtp_and_imap_is_one_interaction(tmp_path
 
 
 @pytest.mark.slow
-def test_stores_are_answered_while_a_message_is_being_parsed(tmp_path, db_url, db, monkeypatch):
+def test_stores_are_answered_while_a_message_is_being_parsed(tmp_path, db_url, db):
     """The write gate is never held while parsing: with SQLite's one writer, a sender would
     otherwise wait for the parse of someone else's hostile mail before its 250."""
     from maild import daemon as d
@@ -280,7 +280,6 @@ def test_stores_are_answered_while_a_message_is_being_parsed(tmp_path, db_url, d
     from test_pipeline import parse_or_hang
 
     mark = tmp_path / "parsing"
-    monkeypatch.setenv("MAILD_TEST_HANG_MARK", str(mark))
     settings = load(daemon_config(tmp_path, db_url))
     app = build(settings)
     app.pipeline.budget = Budget(app.pipeline.own_mail, 8.0, settings.ingest.parse_memory, task=parse_or_hang)
@@ -289,7 +288,8 @@ def test_stores_are_answered_while_a_message_is_being_parsed(tmp_path, db_url, d
     drain = d.DrainWorker(app.pipeline, intake, batch=4, interval=1.0)
     daemon = d.Daemon(settings, intake, d.smtp.listeners(settings, intake), jobs=[], services=[drain],
                       closers=[app.close, engine.dispose])
-    hostile = message("Hostile", msgid="<hostile@example.com>").replace(b"Subject:", b"X-Test-Parse: hang\r\nSubject:")
+    hostile = message("Hostile", msgid="<hostile@example.com>").replace(
+        b"Subject:", b"X-Test-Parse: hang, mark " + str(mark).encode() + b"\r\nSubject:")
     with InProcess(daemon), smtp_client(tmp_path / "maild.toml") as s:
         s.sendmail("eve@example.com", ["support@acme.test"], hostile)
         deadline = time.monotonic() + 60

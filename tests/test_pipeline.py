@@ -287,17 +287,17 @@ def _budget_app(tmp_path, db_url, monkeypatch, **ingest):
 
 
 def parse_or_hang(data, envelope_to, own, memory, envelope_from=None):
-    """A worker task for a message that never finishes parsing (marked X-Test-Parse: hang)."""
+    """A worker task for a message that never finishes parsing (marked X-Test-Parse: hang[, mark FILE])."""
     import time
 
     from maild.ingest.budget import _prepare_limited
 
     if b"X-Test-Parse: hang" in data:
-        import os
+        import re
         from pathlib import Path
 
-        if mark := os.environ.get("MAILD_TEST_HANG_MARK"):
-            Path(mark).touch()  # tells the test that parsing has begun
+        if mark := re.search(rb"X-Test-Parse: hang, mark (\S+)", data):
+            Path(mark.group(1).decode()).touch()  # tells the test that parsing has begun
         time.sleep(3600)
     return _prepare_limited(data, envelope_to, own, memory, envelope_from)
 
