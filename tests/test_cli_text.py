@@ -93,11 +93,12 @@ def test_issues_list_and_show_read_as_text(cli, tmp_path):
         assert expected in text, text
     inbound = text.index("--- 1. inbound email from Pat Customer <pat@example.com>")
     assert text.index("It burns.") > inbound
-    notified = text.index("internal email from support@acme.test (to rep Alice)")
     rep_mail = text.index("internal email from Alice <alice@acme.test> (rep Alice)")
     sent = text.index("outbound email from support@acme.test (rep Alice)")
-    assert inbound < notified < rep_mail < sent
-    assert "We are on our way." in text[sent:] and "#priority" not in text[sent:]
+    notices = text.index("Notices to reps")  # the notifications: listed apart, after the interactions
+    assert inbound < rep_mail < sent < notices
+    assert "We are on our way." in text[sent:notices] and "#priority" not in text[sent:]
+    assert "notification" in text[notices:] and "to alice@acme.test" in text[notices:]
 
 
 def test_status_reports_backlog_quarantine_outbox_and_failing_addresses(cli, tmp_path, settings):

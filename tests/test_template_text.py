@@ -51,7 +51,10 @@ def test_values_are_one_line_and_multi_line_ones_keep_only_their_breaks():
     r = t.render("rep_new_issue", subject="Help\r\n\r\nBcc: y@evil.test", issue_id=7, mailbox="support",
                  category="billing", customer="eve@example.org\nX-Injected: 1", rep_name="Alice",
                  text="First line\r\nsecond line\x00\x1b[2J\n\tindented", mailbox_address="support@acme.test",
-                 note_address="note@acme.test")
+                 note_address="note@acme.test", status="open", priority="normal", assignee="", customer_name="",
+                 open_issues=1, attached=[], listed=[],
+                 history=[{"when": "2026-11-02 09:30", "who": "Eve\r\nBcc: z@evil.test", "what": "inbound", "text": "x"}])
     assert r.subject == "Help Bcc: y@evil.test"
-    assert "from eve@example.org X-Injected: 1:" in r.body
+    assert "Customer: eve@example.org X-Injected: 1 ·" in r.body
+    assert "Eve Bcc: z@evil.test (inbound): x" in r.body
     assert "First line\nsecond line[2J\n\tindented\n" in r.body

@@ -50,6 +50,10 @@ def issue_text(data: dict) -> list[str]:
         lines += ["", i["new_text"].rstrip()]
     if not data["interactions"]:
         lines += ["", "(no interactions)"]
+    if data.get("notices"):
+        lines += ["", "Notices to reps (mail about the issue, not correspondence):"]
+        lines += [f"  {n['created']}  {n['kind']:<12} to {', '.join(n['to'])}  {n['status']}  {n['subject']}"
+                  for n in data["notices"]]
     return lines
 
 
@@ -67,7 +71,7 @@ for _command in (issues_list, issues_search, issues_merge):  # cli/issues.py
 @json_option
 @click.argument("issue_id", type=int)
 def issues_show(settings: Settings, as_json: bool, issue_id: int) -> None:
-    """An issue, its customer and its interactions in order."""
+    """An issue, its customer, its interactions in order, then the notices sent to reps about it."""
     with reading(settings) as session:
         data = queries.show_issue(session, issue_id)
     if data is None:

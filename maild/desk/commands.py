@@ -124,6 +124,10 @@ def _reference(what: str):
     return parse
 
 
+def _optional(rest: str) -> tuple[str, ...]:
+    return (" ".join(rest.split()),) if rest else ()
+
+
 _PARSERS = {
     "close": _no_args,
     "reopen": _no_args,
@@ -139,6 +143,7 @@ _PARSERS = {
     "followup": _required("a description of the follow-up work"),
     "cc": _cc,
     "link": _link,
+    "attachments": _optional,  # the issue's files by mail: all, or the one named (desk/attachments.py)
     "type": _required("a value from the issue_type picklist"),  # desk/picklists.py
     "used": _picks,  # values from the info_used picklist
     "merge": _link,  # merge this issue into the one named (desk/merge.py)

@@ -1,7 +1,9 @@
 """The pipeline's emit hook for outbound mail, and the sender's failure hook.
 
-For each stored message it gathers what `decide` needs, queues what `decide`
-returns, and marks the addresses a bounce reports as failing. Mail imported
+For each stored message it gathers what `decide` needs (the issue at a
+glance, a digest of its last interactions, the customer's files that fit in a
+notification), queues what `decide` returns, and marks the addresses a bounce
+reports as failing. Mail imported
 from an archive (`maild import`) never causes mail. Everything here runs in
 the transaction that stored the message, so a notification is queued exactly
 when its interaction is recorded.
@@ -12,22 +14,24 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, selectinload
 
 from maild.config import Settings
 from maild.ingest.stages.records import Stored
 from maild.subjects import subject_tag
-from maild.models import CustomerAddress, Interaction, Issue, OutboxMessage, Rep, utcnow
+from maild.models import Action, CustomerAddress, Interaction, Issue, OutboxMessage, Rep, utcnow
 from maild.tokens import TokenSigner
 from maild.outbound.compose import Outgoing
-from maild.outbound.decide import DecideContext, IssueView, RepView, TriggerView, decide
+from maild.outbound.decide import DecideContext, FileView, HistoryLine, IssueView, RepView, TriggerView, decide
 from maild.outbound.outbox import OutboxPolicy, auto_allowed, enqueue, record_note
 from maild.bulk.optout import opt_out
+from maild.desk import attachments
 from maild.desk.repmail import RepMail
 from maild.outbound.templates import Templates
 
 log = logging.getLogger("maild.outbound")
+HISTORY = 3  # earlier interactions digested in a notification
 
 
 def _from_rep(stored: Stored) -> bool:
@@ -64,23 +68,55 @@ class Notifier:
         if _from_rep(stored):
             self.repmail.handle(session, stored, interaction)
             return
-        issue = self._issue_view(session, stored.issue_id)
+        issue = self._issue_view(session, stored.issue_id, before=interaction.id)
+        carried: tuple = ()
+        listed: tuple[FileView, ...] = ()
+        if interaction.attachments and self._may_notify(stored):
+            files, left = attachments.fit(attachments.of_interaction(interaction),
+                                          self.settings.outbound.notify_attachments_max)
+            carried = attachments.load(session, files)
+            listed = tuple(FileView(f.filename, f.size) for f in left)
         trigger = TriggerView(
             interaction.message_id, tuple(interaction.references), interaction.from_email,
-            interaction.from_name, interaction.subject, interaction.new_text,
+            interaction.from_name, interaction.subject, interaction.new_text, carried, listed,
         )
         for out in decide(stored, issue, trigger, self._context(session, issue)):
             row = enqueue(session, out, self.policy)
             log.info("queued outbox=%s kind=%s issue=%s to=%s", row.id, out.kind, out.issue_id, ",".join(out.to))
 
-    def _issue_view(self, session: Session, issue_id: int) -> IssueView:
+    def _may_notify(self, stored: Stored) -> bool:
+        """Whether `decide` can notify reps of this mail (only then are its files read)."""
+        return self.signer is not None and not stored.auto and stored.rep_id is None and stored.customer_id is not None
+
+    def _issue_view(self, session: Session, issue_id: int, before: int | None = None) -> IssueView:
+        """The issue at a glance; with `before`, the digest of the interactions before that one."""
         issue = session.get_one(Issue, issue_id)
         customer = issue.customer
+        open_issues = 0
+        if issue.customer_id is not None:
+            open_issues = session.scalar(select(func.count(Issue.id)).where(
+                Issue.customer_id == issue.customer_id, Issue.status != "closed")) or 0
         return IssueView(
             issue.id, issue.subject, issue.status, issue.mailbox, issue.category.name, issue.assignee_id,
             customer.addresses[0].email if customer and customer.addresses else None,
             customer.name if customer else "",
+            priority=issue.priority, assignee_name=issue.assignee.name if issue.assignee else "",
+            customer_open_issues=open_issues,
+            history=self._history(session, issue_id, before) if before is not None else (),
         )
+
+    def _history(self, session: Session, issue_id: int, before: int) -> tuple[HistoryLine, ...]:
+        """The last interactions of the correspondence before `before`, oldest first, one line each."""
+        rows = session.scalars(
+            select(Interaction).join(Action, Action.interaction_id == Interaction.id)
+            .where(Action.issue_id == issue_id, Interaction.id < before,
+                   # a rep's own mail to maild: the reply that went out stands for it
+                   ~((Interaction.direction == "internal") & (Interaction.channel == "email")))
+            .options(selectinload(Interaction.attachments))
+            .order_by(Interaction.id.desc()).limit(HISTORY)
+        ).all()
+        return tuple(_history_line(i) for i in reversed(rows))
+
 
     def rep_views(self, session: Session, issue: IssueView) -> tuple[tuple[RepView, ...], RepView | None]:
         """Who hears of this issue: its assignee, else the category's or mailbox's reps, else every rep."""
@@ -138,6 +174,8 @@ class Notifier:
     # -- the sender's hooks ---------------------------------------------------------------
 
     def _subject(self, session: Session, row: OutboxMessage) -> str:
+        if row.subject is not None:
+            return row.subject
         return session.scalar(select(Interaction.subject).where(Interaction.id == row.interaction_id)) or ""
 
     def _tell(self, session: Session, mailbox: str | None, issue_id: int, template: str, **variables: str) -> None:
@@ -180,3 +218,15 @@ class Notifier:
             self._tell(session, row.mailbox, row.issue_id, "delivery_unknown", subject=self._subject(session, row),
                        recipients=", ".join(row.recipients), error=row.last_error or "",
                        message_id=row.message_id)
+
+
+def _history_line(i: Interaction) -> HistoryLine:
+    when = (i.date or i.created_at).strftime("%Y-%m-%d %H:%M")
+    if i.direction == "outbound":
+        who, what = i.from_name or i.from_email or "us", "to the customer"
+    else:
+        who, what = i.from_name or i.from_email or "?", i.direction if i.channel == "email" else i.channel
+    text = " ".join(i.new_text.split())
+    text = text if len(text) <= 160 else text[:157].rstrip() + "..."
+    files = f" [{len(i.attachments)} attachment{'s' if len(i.attachments) != 1 else ''}]" if i.attachments else ""
+    return HistoryLine(when, who, what, (text or "(no text)") + files)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, selectinload
 from maild.customers import queries as customers
 from maild.desk.picklists import picks_by_interaction
 from maild.timefmt import iso as _iso
-from maild.models import Action, Category, Customer, CustomerAddress, Interaction, Issue, Rep
+from maild.models import Action, Category, Customer, CustomerAddress, Interaction, Issue, OutboxMessage, Rep
 
 
 def _primary_email(customer: Customer | None) -> str | None:
@@ -120,4 +120,17 @@ def show_issue(session: Session, issue_id: int) -> dict | None:
     picks = picks_by_interaction(session, issue_id)  # #type, #used, #log's channel
     for shown in out["interactions"]:
         shown["picks"] = picks.get(shown["id"], {})
+    out["notices"] = notices(session, issue_id)
     return out
+
+
+def notices(session: Session, issue_id: int) -> list[dict]:
+    """Mail to reps about the issue (notifications, notices, files asked for): outbox rows, not interactions."""
+    rows = session.execute(
+        select(OutboxMessage.id, OutboxMessage.kind, OutboxMessage.recipients, OutboxMessage.subject,
+               OutboxMessage.status, OutboxMessage.created_at)
+        .where(OutboxMessage.issue_id == issue_id, OutboxMessage.to_customer.is_(False))
+        .order_by(OutboxMessage.id)
+    )
+    return [{"id": r.id, "kind": r.kind, "to": list(r.recipients), "subject": r.subject or "", "status": r.status,
+             "created": _iso(r.created_at)} for r in rows]

@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session
 from maild.config import Settings
 from maild.ingest.stages.records import Stored
 from maild.subjects import subject_tag
-from maild.models import Action, Interaction, Issue, OutboxMessage, Rep
+from maild.models import Action, Attachment, Interaction, Issue, OutboxMessage, Rep
+from maild.desk import attachments
 from maild.desk.canned import expand
 from maild.models import CannedUse
 from maild.desk.commands import parse_commands
@@ -61,6 +62,9 @@ class RepMail:
         if errors:
             self._tell_rep(session, ctx, "Your mail was not sent", _errors_text(errors))
             return
+        asked = [c for c in parsed.commands if c.name == "attachments"]
+        if asked:
+            self._send_attachments(session, ctx, [name for c in asked for name in c.args])
         if any(c.name == "send" for c in parsed.commands):
             self._release_held(session, ctx)
             return
@@ -104,6 +108,11 @@ class RepMail:
         if customer is None:
             self._tell_rep(session, ctx, "Your mail was not sent", "This issue has no customer address to answer.")
             return
+        files = attachments.of_interaction(ctx.interaction)  # the rep's files go to the customer too
+        refused = attachments.too_large_for_reply(files, self.settings.outbound.max_attachment_size)
+        if refused:
+            self._tell_rep(session, ctx, "Your reply was not sent", refused)
+            return
         mailbox = self.settings.mailbox_named(issue.mailbox)
         in_reply_to, references = self._customer_thread(session, issue)
         signature = f"\n\n{mailbox.signature}" if mailbox.signature else ""
@@ -112,6 +121,7 @@ class RepMail:
             subject=with_tag(reply_subject(issue.subject), subject_tag(self.settings.threading.tag_prefix, issue.id)),
             body=body + signature + "\n", issue_id=issue.id, rep_id=ctx.rep.id,
             in_reply_to=in_reply_to, references=references, auto=False, to_customer=True,
+            attachments=attachments.load(session, files),
         )
         mode = self.settings.spelling.mode
         suspects = Speller(mailbox.language, self.settings.spelling.words).check(body) if mode != "off" else ()
@@ -136,6 +146,7 @@ class RepMail:
                 interaction_id, row.interaction_id = row.interaction_id, None
                 session.flush()
                 session.execute(delete(Action).where(Action.interaction_id == interaction_id))
+                session.execute(delete(Attachment).where(Attachment.interaction_id == interaction_id))
                 session.execute(delete(Interaction).where(Interaction.id == interaction_id))
 
     def _release_held(self, session: Session, ctx: RepContext) -> None:
@@ -144,6 +155,20 @@ class RepMail:
             self._tell_rep(session, ctx, "Nothing to send", f"No reply of yours is held on issue #{ctx.issue.id}.")
         for row in held:
             row.status = "queued"
+
+    def _send_attachments(self, session: Session, ctx: RepContext, names: list[str]) -> None:
+        """#attachments [NAME]: the issue's files, by mail to the rep who asked."""
+        limit = self.settings.outbound.max_attachment_size
+        files = attachments.of_issue(session, ctx.issue.id)
+        for body, part in attachments.answer(files, names, limit, ctx.issue.id).mails:
+            enqueue(session, Outgoing(
+                kind="attachments", mailbox=ctx.issue.mailbox, to=(ctx.rep.email,),
+                subject=with_tag(f"Attachments: {ctx.issue.subject}",
+                                 subject_tag(self.settings.threading.tag_prefix, ctx.issue.id)),
+                body=body + "\n", issue_id=ctx.issue.id, rep_id=ctx.rep.id, auto=True,
+                in_reply_to=ctx.interaction.message_id, reply_to=self._address(ctx.issue, ctx.rep.id, "reply"),
+                attachments=attachments.load(session, part),
+            ), self.policy)
 
     # -- notes and messages to the rep -------------------------------------------------
 

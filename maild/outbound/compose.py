@@ -2,10 +2,13 @@
 
 Every header value is flattened to one line before it reaches the email
 package, so text a customer wrote (a subject, a name) can never add a header.
+Attachments are added as MIME parts (inline ones keep their Content-ID);
+their names are flattened the same way.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,6 +16,20 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
+
+_TOKEN = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}")
+
+
+@dataclass(frozen=True)
+class OutAttachment:
+    """A file carried by an outgoing mail; `sha256` names the stored blob it came from."""
+
+    filename: str
+    content_type: str
+    data: bytes
+    sha256: str
+    inline: bool = False
+    content_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +51,7 @@ class Outgoing:
     to_customer: bool = False
     # More headers as (name, value), e.g. a campaign's List-Unsubscribe and Precedence: bulk.
     headers: tuple[tuple[str, str], ...] = ()
+    attachments: tuple[OutAttachment, ...] = ()
 
 
 def one_line(value: str, limit: int = 900) -> str:
@@ -45,6 +63,14 @@ def one_line(value: str, limit: int = 900) -> str:
 def new_message_id(domain: str) -> str:
     """Our Message-IDs: `maild.<uuid>@<message_id_domain>` (without angle brackets)."""
     return f"maild.{uuid.uuid4().hex}@{domain}"
+
+
+def thread_root(issue_id: int, domain: str) -> str:
+    """The Message-ID every notice to reps about one issue refers to, so mail clients group them.
+
+    No mail carries it as its own Message-ID: it only names the thread.
+    """
+    return f"issue-{issue_id}.root@{domain}"
 
 
 def _address(addr: str, display_name: str = "") -> Address:
@@ -78,4 +104,16 @@ def compose(
     for name, value in out.headers:
         msg[one_line(name, 76)] = one_line(value)
     msg.set_content(out.body)
+    for a in out.attachments:
+        _attach(msg, a)
     return msg.as_bytes()
+
+
+def _attach(msg: EmailMessage, a: OutAttachment) -> None:
+    maintype, _, subtype = a.content_type.lower().split(";")[0].strip().partition("/")
+    if not (_TOKEN.fullmatch(maintype) and _TOKEN.fullmatch(subtype)) or maintype in ("multipart", "message"):
+        maintype, subtype = "application", "octet-stream"  # raw bytes, never a container we would have to parse
+    cid = f"<{one_line(a.content_id, 250).strip('<>')}>" if a.content_id else None
+    msg.add_attachment(a.data, maintype=maintype, subtype=subtype,
+                       filename=one_line(a.filename, 255) or "attachment",
+                       disposition="inline" if a.inline else "attachment", cid=cid)

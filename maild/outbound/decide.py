@@ -2,9 +2,12 @@
 
 A customer's new issue gets an acknowledgement (when the mailbox wants one)
 and a notification to the reps; a customer's reply notifies the assignee, or
-the reps when nobody has taken the issue. Automatic mail, bounces, reps' and
-our own mail cause nothing here. This module only returns Outgoing records; it
-never writes and never sends.
+the reps when nobody has taken the issue. A notification gives the rep the
+case at a glance (status, assignee, priority, category, the customer and their
+open issues, a digest of the last interactions) and the customer's files:
+those the caller chose to attach, and the others listed with their sizes.
+Automatic mail, bounces, reps' and our own mail cause nothing here. This
+module only returns Outgoing records; it never writes and never sends.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from collections.abc import Callable
 
 from maild.ingest.stages.records import Stored
-from maild.outbound.compose import Outgoing
+from maild.outbound.compose import OutAttachment, Outgoing
 from maild.outbound.templates import Templates
 
 REPLY_PREFIX_RE = re.compile(r"^\s*(re|aw|sv|antw|vs|ref|r)\s*:\s*", re.I)
@@ -30,6 +33,28 @@ class IssueView:
     assignee_id: int | None
     customer_email: str | None
     customer_name: str
+    priority: str = "normal"
+    assignee_name: str = ""
+    customer_open_issues: int = 0  # the customer's issues not closed, this one included
+    history: tuple[HistoryLine, ...] = ()  # the last interactions before the new one, oldest first
+
+
+@dataclass(frozen=True)
+class HistoryLine:
+    """One earlier interaction in a notification's digest."""
+
+    when: str
+    who: str
+    what: str  # inbound, outbound, note, phone, ...
+    text: str  # the start of its new text, on one line
+
+
+@dataclass(frozen=True)
+class FileView:
+    """A customer's file named in a notification: attached to it, or to fetch with #attachments."""
+
+    filename: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,8 @@ class TriggerView:
     from_name: str
     subject: str
     new_text: str
+    attached: tuple[OutAttachment, ...] = ()  # the files the notification carries
+    listed: tuple[FileView, ...] = ()  # the files over the size limit: named, not carried
 
 
 @dataclass(frozen=True)
@@ -94,18 +121,30 @@ def _notifications(template: str, issue: IssueView, trigger: TriggerView, ctx: D
         return []
     out = []
     for rep in (ctx.assignee,) if ctx.assignee else ctx.reps:
-        r = ctx.templates.render(
-            template, subject=trigger.subject or issue.subject, issue_id=issue.id, mailbox=issue.mailbox,
-            category=issue.category, status=issue.status, customer=trigger.from_email or "",
-            text=trigger.new_text, rep_name=rep.name, mailbox_address=ctx.mailbox_address,
-            note_address=ctx.reply_address(issue.id, rep.id, "note"),
-        )
+        r = ctx.templates.render(template, **_case(issue, trigger), rep_name=rep.name,
+                                 mailbox_address=ctx.mailbox_address,
+                                 note_address=ctx.reply_address(issue.id, rep.id, "note"))
+        # No In-Reply-To here: the rep never got the customer's mail; the outbox
+        # threads every notice of the issue under its thread root instead.
         out.append(Outgoing(
             kind="notification", mailbox=issue.mailbox, to=(rep.email,), subject=with_tag(r.subject, ctx.tag(issue.id)),
             body=r.body, issue_id=issue.id, rep_id=rep.id, reply_to=ctx.reply_address(issue.id, rep.id, "reply"),
-            in_reply_to=trigger.message_id, auto=True,
+            auto=True, attachments=trigger.attached,
         ))
     return out
+
+
+def _case(issue: IssueView, trigger: TriggerView) -> dict:
+    """The template variables that show the case at a glance."""
+    return dict(
+        subject=trigger.subject or issue.subject, issue_id=issue.id, mailbox=issue.mailbox, category=issue.category,
+        status=issue.status, priority=issue.priority, assignee=issue.assignee_name,
+        customer=trigger.from_email or "", customer_name=trigger.from_name or issue.customer_name,
+        open_issues=issue.customer_open_issues, text=trigger.new_text,
+        history=[{"when": h.when, "who": h.who, "what": h.what, "text": h.text} for h in issue.history],
+        attached=[{"filename": a.filename, "size": len(a.data)} for a in trigger.attached],
+        listed=[{"filename": f.filename, "size": f.size} for f in trigger.listed],
+    )
 
 
 def decide(stored: Stored, issue: IssueView | None, trigger: TriggerView, ctx: DecideContext) -> list[Outgoing]:

@@ -1,15 +1,19 @@
 """The one durable outbox: everything maild sends is queued here first.
 
-Queueing fixes the Message-ID and every byte of the mail, and records it as an
-interaction on its issue in the caller's transaction, so a reply threads back
-even before the mail has left, and nothing is sent that is not recorded.
+Queueing fixes the Message-ID and every byte of the mail in the caller's
+transaction, so nothing is sent that is not recorded. Mail to the customer is
+also recorded as an outbound interaction on its issue (with the files it
+carries), so a reply threads back even before the mail has left. Notices to
+reps (notifications, rep notices, delivery notices) are correspondence with
+nobody: they stay outbox rows linked to the issue, and each one refers to the
+issue's thread root (compose.thread_root) so a rep's mail client groups them.
 Delivery is the sender's job (sender.py); this module never talks SMTP.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import event, func, select
@@ -18,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild.addresses import AddressRules
 from maild.config import Settings
 from maild.timefmt import aware
-from maild.models import Action, CustomerAddress, Interaction, Issue, OutboxMessage, utcnow
-from maild.outbound.compose import Outgoing, compose, new_message_id
+from maild.models import Action, Attachment, CustomerAddress, Interaction, Issue, OutboxMessage, utcnow
+from maild.outbound.compose import Outgoing, compose, new_message_id, thread_root
 
 # Every status an outbox row can have: queued until a sender leases it, sending
 # while leased, then sent, failed, held (spell check) or unknown (delivery
@@ -80,22 +84,42 @@ def _interaction(
     session.flush()
     if out.issue_id:
         session.add(Action(issue_id=out.issue_id, interaction_id=interaction.id))
+    for a in out.attachments:  # the blobs are stored already: the files came in with a stored mail
+        session.add(Attachment(interaction_id=interaction.id, sha256=a.sha256, filename=a.filename[:255],
+                               content_type=a.content_type[:255], content_id=a.content_id, inline=a.inline,
+                               size=len(a.data)))
     return interaction
+
+
+def _threaded_notice(out: Outgoing, domain: str) -> Outgoing:
+    """A notice to reps about an issue: under the issue's thread root, after what it answers."""
+    if out.to_customer or out.issue_id is None:
+        return out
+    root = thread_root(out.issue_id, domain)
+    refs = [root, *(r for r in out.references if r != root)]
+    if out.in_reply_to and out.in_reply_to not in refs:
+        refs.append(out.in_reply_to)
+    return replace(out, in_reply_to=out.in_reply_to or root, references=tuple(refs))
 
 
 def enqueue(
     session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime | None = None, status: str = "queued",
     not_before: datetime | None = None,
 ) -> OutboxMessage:
-    """Queue one mail (or hold it: status "held") and record it on its issue; the caller commits."""
+    """Queue one mail (or hold it: status "held"); mail to the customer is recorded on its issue too.
+
+    The caller commits.
+    """
     now = now or utcnow()
     due = max(now, not_before or now)  # a throttled campaign's row: Date, first attempt and deadline from then
     from_addr, display = policy.mailboxes[out.mailbox]
     message_id = new_message_id(policy.message_id_domain)
+    out = _threaded_notice(out, policy.message_id_domain)
     data = compose(out, from_addr, display, message_id, due, policy.message_id_domain)
-    interaction = _interaction(session, out, message_id, from_addr, display)
+    interaction = _interaction(session, out, message_id, from_addr, display) if out.to_customer else None
     row = OutboxMessage(
-        kind=out.kind, mailbox=out.mailbox, issue_id=out.issue_id, interaction_id=interaction.id,
+        kind=out.kind, mailbox=out.mailbox, issue_id=out.issue_id,
+        interaction_id=interaction.id if interaction else None, subject=out.subject,
         rep_id=out.rep_id, envelope_from=from_addr, recipients=[*out.to, *out.cc],
         recipient_key=policy.rules.key(out.to[0]), message_id=message_id, data=data, auto=out.auto,
         to_customer=out.to_customer, status=status, attempts=0, next_attempt_at=due,

@@ -1,0 +1,89 @@
+"""Notifications with context, end to end over SMTP: what a rep reads of a
+case (status, assignee, priority, category, the customer and their open
+issues, the new text, a digest of the earlier interactions), one thread per
+issue in the rep's mail client, the rep's reply still threaded into the
+customer's conversation, and notices to reps kept apart from the
+interactions (the correspondence with the customer) in `maild issues show`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import SECRET, Cli
+from desk_helpers import Desk, mail, text_of
+
+CUSTOMER = "Pat Customer <pat@example.com>"
+ROOT = "<issue-{n}.root@maild.acme.test>"
+
+
+@pytest.fixture
+def desk(tmp_path, db_url, monkeypatch):
+    monkeypatch.setenv("MAILD_SECRET", SECRET)
+    with Desk(tmp_path, db_url) as d:
+        d.cli = Cli(d.config)
+        yield d
+
+
+def test_notifications_of_one_issue_share_a_thread_root_and_carry_the_case(desk):
+    first = mail(CUSTOMER, "support@acme.test", "Printer on fire", "My printer is on fire.")
+    desk.send(first)
+    desk.send(mail(CUSTOMER, "support@acme.test", "Invoice twice", "You billed me twice."))  # another open issue
+    (new,) = desk.to("alice@acme.test", subject="Printer on fire")
+    reply_to = new["Reply-To"].addresses[0].addr_spec
+    desk.send(mail("Alice <alice@acme.test>", reply_to, "Re: Printer on fire",
+                   "#priority high\n#take\nPlease unplug it now."))
+    (answer,) = desk.to("pat@example.com")
+    # The rep's reply still continues the customer's own conversation.
+    assert answer["In-Reply-To"] == first["Message-ID"] and first["Message-ID"] in answer["References"]
+    desk.send(mail(CUSTOMER, "support@acme.test", "Re: " + str(answer["Subject"]), "Unplugged, it still smokes.",
+                   in_reply_to=answer["Message-ID"]))
+    again = desk.to("alice@acme.test", n=2, subject="Printer on fire")[1]
+    assert "still smokes" in text_of(again)
+
+    root = ROOT.format(n=1)
+    for m in (new, again):  # the same root, never the customer's Message-ID the rep never got
+        assert m["In-Reply-To"] == root and m["References"].split()[0] == root
+        assert first["Message-ID"] not in (m["References"] or "")
+        assert "[#1]" in m["Subject"]
+    (other,) = desk.to("alice@acme.test", subject="Invoice twice")
+    assert other["In-Reply-To"] == ROOT.format(n=2)
+
+    text = text_of(again)
+    assert "Issue #1 · open · high priority · uncategorized · assigned to Alice" in text
+    assert "Customer: Pat Customer <pat@example.com> · 2 open issues" in text
+    digest = text[text.index("Earlier on this issue:"):]
+    assert "Pat Customer (inbound): My printer is on fire." in digest
+    assert "(to the customer): Please unplug it now." in digest
+    assert "Unplugged" not in digest  # the new text is above, not in the digest
+    first_text = text_of(new)
+    assert "nobody has taken it" in first_text and "normal priority" in first_text
+    assert "Earlier on this issue" not in first_text
+
+
+def test_issues_show_lists_notices_to_reps_apart_from_the_interactions(desk):
+    desk.send(mail(CUSTOMER, "support@acme.test", "Printer on fire", "My printer is on fire."))
+    desk.to("alice@acme.test")
+    desk.to("bob@acme.test")
+    deadline = time.monotonic() + 30
+    shown = desk.cli.json("issues", "show", "1")
+    while {n["status"] for n in shown["notices"]} != {"sent"}:  # the sender records results a moment later
+        assert time.monotonic() < deadline, shown["notices"]
+        time.sleep(0.1)
+        shown = desk.cli.json("issues", "show", "1")
+    # Only the correspondence with the customer is an interaction (acknowledgements are off here).
+    assert [(i["direction"], i["from"]) for i in shown["interactions"]] == [("inbound", "pat@example.com")]
+    notices = shown["notices"]
+    assert sorted(n["to"][0] for n in notices) == ["alice@acme.test", "bob@acme.test"]
+    assert {n["kind"] for n in notices} == {"notification"}
+    assert all(n["subject"] == "Printer on fire [#1]" and n["created"] and n["id"] for n in notices)
+    (listed,) = desk.cli.json("issues", "list")
+    assert listed["interactions"] == 1
+
+    text = desk.cli("issues", "show", "1").output
+    interactions, notices_text = text.split("Notices to reps")
+    assert "inbound email from Pat Customer <pat@example.com>" in interactions
+    assert "alice@acme.test" not in interactions
+    assert "notification" in notices_text and "to alice@acme.test" in notices_text and "to bob@acme.test" in notices_text
