@@ -58,10 +58,12 @@ def resources(session: Session, ctx: Context) -> list[tuple]:
     q = (
         select(CannedUse.name, literal("canned"), func.count(), func.count(CannedUse.issue_id.distinct()),
                func.count(CannedUse.rep_id.distinct()))
-        .join(Issue, Issue.id == CannedUse.issue_id)
-        .where(within(CannedUse.used_at, window), *issue_filters(filters.with_(rep=None, channel=None)))
+        .where(within(CannedUse.used_at, window))
         .group_by(CannedUse.name)
     )
+    issue_side = issue_filters(filters.with_(rep=None, channel=None))
+    if issue_side:  # the issues' table only when a filter needs it
+        q = q.join(Issue, Issue.id == CannedUse.issue_id).where(*issue_side)
     if filters.rep:
         q = q.join(Rep, Rep.id == CannedUse.rep_id).where(
             (func.lower(Rep.email) == filters.rep.lower()) | (Rep.name == filters.rep))
