@@ -418,7 +418,13 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
     # Periodic jobs and long-running services: add the daemon's other parts here.
     jobs: list[Job] = [
         Job("backlog", cfg.drain_interval, intake.recount),
+        Job("sla", settings.sla.interval, app.reminders.check),  # turnaround reminders and escalations
     ]
+    if settings.selftest.interval > 0:  # probes to every support address
+        if app.selftest.signer is None:
+            log.warning("selftest.interval is set but %s is not: no self-test probes", settings.security.secret_env)
+        else:
+            jobs.append(Job("selftest", settings.selftest.interval, app.selftest.run))
     if settings.digest:  # mailed digests: each queued once per period, when due
         from maild.reports.digest import CHECK_INTERVAL, Digests
 
