@@ -253,14 +253,18 @@ class Campaigns:
         gift = (Gift(campaign.gift_amount, campaign.gift_currency, campaign.gift_expires)
                 if campaign.gift_amount is not None and campaign.gift_currency else None)
         category_id = session.scalar(select(Category.id).where(Category.name == self.mailbox.category))
-        for r in pending:
+        now = utcnow()
+        # The chunk's issues, then its certificates, each in one flush (batched inserts).
+        issues = [Issue(mailbox=self.mailbox.name, subject="", category_id=category_id, customer_id=r.customer_id,
+                        status="closed", opened_at=now, closed_at=now, updated_at=now, tags=[], cc=[])
+                  for r in pending]
+        session.add_all(issues)
+        session.flush()
+        gifts = [issue_gift(session, gift, r.customer_id, r.email, campaign.id, issue.id) if gift else None
+                 for r, issue in zip(pending, issues)]
+        session.flush()
+        for r, issue, gift_row in zip(pending, issues, gifts):
             c = customers[r.customer_id]
-            now = utcnow()
-            issue = Issue(mailbox=self.mailbox.name, subject="", category_id=category_id, customer_id=c.id,
-                          status="closed", opened_at=now, closed_at=now, updated_at=now, tags=[], cc=[])
-            session.add(issue)
-            session.flush()
-            gift_row = issue_gift(session, gift, c.id, r.email, campaign.id, issue.id) if gift else None
             gift_vars = None
             if gift_row is not None:
                 issue.gift_certificate_id = gift_row.code
