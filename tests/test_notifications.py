@@ -87,3 +87,44 @@ def test_issues_show_lists_notices_to_reps_apart_from_the_interactions(desk):
     assert "inbound email from Pat Customer <pat@example.com>" in interactions
     assert "alice@acme.test" not in interactions
     assert "notification" in notices_text and "to alice@acme.test" in notices_text and "to bob@acme.test" in notices_text
+
+
+def test_upgrading_moves_earlier_notices_out_of_the_interactions(db_url):
+    """A database from before notices were kept apart: migration 0006 leaves the customer's mail and
+    the acknowledgement as interactions, and the notification becomes an outbox row with its subject."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from maild.db import make_engine, migrate
+    from test_db import _alembic
+
+    engine = make_engine(db_url)
+    with engine.begin() as conn:
+        command.upgrade(_alembic(conn), "0005")
+        conn.execute(text("INSERT INTO categories (id, name, description) VALUES (1, 'uncategorized', '')"))
+        conn.execute(text("INSERT INTO issues (id, status, category_id, priority, mailbox, subject, tags, cc, "
+                          "opened_at, updated_at) VALUES (1, 'open', 1, 'normal', 'support', 'Printer', '[]', '[]', "
+                          "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+        for iid, direction, subject in ((1, "inbound", "Printer"), (2, "outbound", "Re: Printer [#1]"),
+                                        (3, "internal", "Printer [#1]")):
+            conn.execute(text(
+                "INSERT INTO interactions (id, direction, channel, mailbox, from_name, \"to\", cc, subject, references, "
+                "full_text, new_text, auto_generated, defects, created_at) VALUES (:id, :d, 'email', 'support', '', "
+                "'[]', '[]', :s, '[]', '', '', false, '[]', CURRENT_TIMESTAMP)".replace("references", '"references"')),
+                {"id": iid, "d": direction, "s": subject})
+            conn.execute(text("INSERT INTO actions (issue_id, interaction_id, created_at) "
+                              "VALUES (1, :id, CURRENT_TIMESTAMP)"), {"id": iid})
+        for oid, iid, to_customer in ((1, 2, True), (2, 3, False)):
+            conn.execute(text(
+                "INSERT INTO outbox (id, kind, mailbox, issue_id, interaction_id, envelope_from, recipients, "
+                "recipient_key, message_id, data, auto, to_customer, status, attempts, next_attempt_at, deadline_at, "
+                "created_at, resends) VALUES (:o, 'x', 'support', 1, :i, 'support@acme.test', '[]', 'k', :m, :b, "
+                "true, :c, 'sent', 1, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 0)"),
+                {"o": oid, "i": iid, "m": f"m{oid}@maild.acme.test", "b": b"", "c": to_customer})
+    migrate(engine)
+    with engine.connect() as conn:
+        assert [r[0] for r in conn.execute(text("SELECT interaction_id FROM actions ORDER BY interaction_id"))] == [1, 2]
+        assert conn.execute(text("SELECT count(*) FROM interactions")).scalar() == 2
+        rows = conn.execute(text("SELECT id, interaction_id, subject FROM outbox ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [(1, 2, "Re: Printer [#1]"), (2, None, "Printer [#1]")]
+    engine.dispose()
