@@ -24,13 +24,17 @@ _ISSUE_REF = re.compile(r"\[(?:[A-Za-z0-9_.-]{1,20} )?#(\d{1,12})\]|#?(\d{1,12})
 _LIST_SPLIT = re.compile(r"[\s,]+")
 
 # Commands that say one thing about the issue: two of a group contradict.
-_EXCLUSIVE = (("close", "reopen", "pending"), ("assign", "take"), ("priority",), ("category",))
+_EXCLUSIVE: tuple[tuple[str, ...], ...] = (
+    ("close", "reopen", "pending"), ("assign", "take", "take!"), ("priority",), ("category",))
 _EXCLUSIVE += (("merge", "split"), ("type",), ("order",), ("gift",))
+# At a rep's desk address (desk/deskmail.py).
+_EXCLUSIVE += (("to", "customer"), ("queue", "history", "log"), ("issue",))
 
 
 @dataclass(frozen=True)
 class Command:
-    name: str  # close, reopen, pending, assign, take, priority, category, tag, untag, followup, cc, link, note, send
+    name: str  # close, reopen, pending, assign, take, take!, priority, category, tag, untag, followup, cc, link,
+    # note, send; at a desk address: to, customer, log, issue, queue, history
     args: tuple[str, ...]
     line: str  # the original line, for error messages
 
@@ -104,6 +108,10 @@ def _link(rest: str) -> tuple[str, ...]:
     return (str(int(number)),)
 
 
+def _optional(rest: str) -> tuple[str, ...]:
+    return (" ".join(rest.split()),) if rest else ()
+
+
 def _picks(rest: str) -> tuple[str, ...]:
     """#used: one or more picklist values, separated by commas (a value may have spaces)."""
     values = tuple(" ".join(v.split()) for v in rest.split(",") if v.strip())
@@ -124,8 +132,30 @@ def _reference(what: str):
     return parse
 
 
-def _optional(rest: str) -> tuple[str, ...]:
-    return (" ".join(rest.split()),) if rest else ()
+LOG_CHANNELS = ("phone", "visit", "chat")
+
+
+def _recipient(rest: str) -> tuple[str, ...]:
+    """#to: one address, optionally with a display name: (email, name)."""
+    name, addr = parseaddr(rest)
+    if not rest or not ADDRESS_RE.match(addr) or "," in rest:
+        got = repr(rest) if rest else "nothing"
+        raise _Invalid(f"expected one email address, got {got}")
+    return (addr, name)
+
+
+def _customer_ref(rest: str) -> tuple[str, ...]:
+    """#customer: a record's id or one of its addresses."""
+    if rest.isdigit() and int(rest) > 0:
+        return (str(int(rest)),)
+    return (_recipient(rest)[0],)
+
+
+def _channel(rest: str) -> tuple[str, ...]:
+    if rest.lower() not in LOG_CHANNELS:
+        got = repr(rest) if rest else "nothing"
+        raise _Invalid(f"expected {', '.join(LOG_CHANNELS[:-1])} or {LOG_CHANNELS[-1]}, got {got}")
+    return (rest.lower(),)
 
 
 _PARSERS = {
@@ -143,13 +173,21 @@ _PARSERS = {
     "followup": _required("a description of the follow-up work"),
     "cc": _cc,
     "link": _link,
-    "attachments": _optional,  # the issue's files by mail: all, or the one named (desk/attachments.py)
     "type": _required("a value from the issue_type picklist"),  # desk/picklists.py
     "used": _picks,  # values from the info_used picklist
     "merge": _link,  # merge this issue into the one named (desk/merge.py)
     "split": _no_args,  # a new issue from the interaction this mail answers
     "order": _reference("an order id"),
     "gift": _reference("a gift certificate id"),
+    "attachments": _optional,  # the issue's files by mail: all, or the one named (desk/attachments.py)
+    # Desk commands (desk/deskmail.py), and #take! (take it from whoever holds it)
+    "take!": _no_args,
+    "to": _recipient,
+    "customer": _customer_ref,
+    "log": _channel,
+    "issue": _link,
+    "queue": _optional,
+    "history": _link,
 }
 
 

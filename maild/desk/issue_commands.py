@@ -7,12 +7,13 @@ are valid are they applied, so a typo never half-changes an issue.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from maild.models import Action, Category, Interaction, Issue, Rep, utcnow
+from maild.desk.assign import HeldByOther, RepNotFound, check_take, find_rep
 from maild.desk.commands import Command
 from maild.desk import merge as merging
 from maild.desk.picklists import INFO_USED, ISSUE_TYPE, Picklists, PicklistError, record_picks
@@ -24,14 +25,23 @@ class CommandError(Exception):
     """A command that is well-formed but cannot apply (unknown rep, category, issue)."""
 
 
-def _rep(session: Session, who: str) -> Rep:
-    who = who.strip()
-    rep = session.scalar(select(Rep).where(Rep.active.is_(True), or_(
-        func.lower(Rep.email) == who.lower(), func.lower(Rep.name) == who.lower())))
-    if rep is None:
-        names = ", ".join(r.name for r in session.scalars(select(Rep).where(Rep.active.is_(True))))
-        raise CommandError(f"#assign: no rep called {who!r} (reps: {names})")
-    return rep
+# Commands of a rep's desk address (desk/deskmail.py), never of a reply on an issue.
+DESK_ONLY = ("to", "customer", "log", "issue", "queue", "history")
+
+
+def _rep(session: Session, who: str, short_names: Mapping[str, str] | None) -> Rep:
+    try:
+        return find_rep(session, who, short_names)
+    except RepNotFound as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _take(session: Session, issue: Issue, rep: Rep, force: bool) -> Callable[[], None]:
+    try:
+        check_take(session, issue, rep, force)
+    except HeldByOther as exc:
+        raise CommandError(str(exc)) from None
+    return lambda: setattr(issue, "assignee_id", rep.id)
 
 
 def _category(session: Session, name: str) -> Category:
@@ -102,9 +112,13 @@ def _merge_plan(session: Session, issue: Issue, interaction: Interaction, cmd: C
 
 
 def _plan(session: Session, issue: Issue, rep: Rep, interaction: Interaction, cmd: Command,
-          picklists: Picklists | None = None) -> Callable[[], None] | None:
+          picklists: Picklists | None = None, short_names: Mapping[str, str] | None = None,
+          ) -> Callable[[], None] | None:
     """Validate one command; return what applying it does."""
     name, args = cmd.name, cmd.args
+    if name in DESK_ONLY:
+        raise CommandError(f"#{name}: write it to your own desk address (shown in every notification), "
+                           "not in a reply on an issue")
     if name in ("type", "used"):
         return _pick(session, issue, interaction, cmd, picklists)
     if name in ("merge", "split"):
@@ -115,10 +129,10 @@ def _plan(session: Session, issue: Issue, rep: Rep, interaction: Interaction, cm
         return lambda: setattr(issue, "gift_certificate_id", args[0])
     if name in ("close", "reopen", "pending"):
         return lambda: _status({"close": "closed", "reopen": "open", "pending": "pending"}[name])(issue)
-    if name == "take":
-        return lambda: setattr(issue, "assignee_id", rep.id)
+    if name in ("take", "take!"):
+        return _take(session, issue, rep, force=name == "take!")
     if name == "assign":
-        target = _rep(session, " ".join(args))
+        target = _rep(session, " ".join(args), short_names)
         return lambda: setattr(issue, "assignee_id", target.id)
     if name == "priority":
         return lambda: setattr(issue, "priority", args[0].lower())
@@ -157,10 +171,10 @@ def _followup(session: Session, issue: Issue, interaction: Interaction, text: st
 
 
 def apply_commands(session: Session, issue: Issue, rep: Rep, interaction: Interaction, commands: Sequence[Command],
-                   picklists: Picklists | None = None) -> None:
+                   picklists: Picklists | None = None, short_names: Mapping[str, str] | None = None) -> None:
     # #merge and #split go last: the issue's other changes are made before it becomes a pointer.
     ordered = sorted(commands, key=lambda c: c.name in ("merge", "split"))
-    plans = [_plan(session, issue, rep, interaction, c, picklists) for c in ordered]
+    plans = [_plan(session, issue, rep, interaction, c, picklists, short_names) for c in ordered]
     for plan in plans:
         if plan is not None:
             plan()

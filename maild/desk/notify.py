@@ -26,8 +26,10 @@ from maild.outbound.compose import Outgoing
 from maild.outbound.decide import DecideContext, FileView, HistoryLine, IssueView, RepView, TriggerView, decide
 from maild.outbound.outbox import OutboxPolicy, auto_allowed, enqueue, record_note
 from maild.bulk.optout import opt_out
-from maild.desk import attachments
+from maild.desk import attachments, casefile
 from maild.desk.repmail import RepMail
+from maild.desk.deskmail import DeskMail
+from maild.desk.lifecycle import wake_pending
 from maild.outbound.templates import Templates
 
 log = logging.getLogger("maild.outbound")
@@ -49,10 +51,14 @@ class Notifier:
         self.templates = templates
         self.policy = OutboxPolicy.from_settings(settings)
         self.repmail = RepMail(settings, self.policy, signer)
+        self.deskmail = DeskMail(settings, self.policy, signer)
 
     # -- the emit hook -----------------------------------------------------------------
 
     def __call__(self, session: Session, stored: Stored) -> None:
+        if stored.outcome == "desk":  # a rep's own mail to their desk address
+            self.deskmail.handle(session, stored)
+            return
         if stored.outcome != "interaction" or stored.source == "import":
             return
         if stored.interaction_id is None or stored.issue_id is None:
@@ -68,6 +74,7 @@ class Notifier:
         if _from_rep(stored):
             self.repmail.handle(session, stored, interaction)
             return
+        wake_pending(session, stored)  # the customer answered: a pending issue is open again
         issue = self._issue_view(session, stored.issue_id, before=interaction.id)
         carried: tuple = ()
         listed: tuple[FileView, ...] = ()
@@ -117,7 +124,6 @@ class Notifier:
         ).all()
         return tuple(_history_line(i) for i in reversed(rows))
 
-
     def rep_views(self, session: Session, issue: IssueView) -> tuple[tuple[RepView, ...], RepView | None]:
         """Who hears of this issue: its assignee, else the category's or mailbox's reps, else every rep."""
         reps = {r.email: RepView(r.id, r.name, r.email) for r in session.scalars(select(Rep).where(Rep.active.is_(True)))}
@@ -142,6 +148,7 @@ class Notifier:
             assignee=assignee,
             reply_address=(lambda i, r, p: signer.address(mailbox.address, i, r, p)) if signer else None,
             auto_allowed=lambda addr: auto_allowed(session, self.policy, addr),
+            desk_address=lambda rep_id: casefile.desk_address(self.settings, signer, rep_id),
         )
 
     def _mark_failing(self, session: Session, bounce: dict, issue_id: int | None = None) -> None:

@@ -21,6 +21,7 @@ from maild.ingest.stages.records import Stored
 from maild.subjects import subject_tag
 from maild.models import Action, Attachment, Interaction, Issue, OutboxMessage, Rep
 from maild.desk import attachments
+from maild.desk.assign import Assignments, Change, short_names
 from maild.desk.canned import expand
 from maild.models import CannedUse
 from maild.desk.commands import parse_commands
@@ -48,20 +49,25 @@ class RepMail:
         self.signer = signer
         self.canned = {c.name.lower(): c.body for c in settings.canned}
         self.picklists = Picklists(settings.picklist)
+        self.short_names = short_names(settings)
+        self.assignments = Assignments(settings, policy, signer)
 
     def handle(self, session: Session, stored: Stored, interaction: Interaction) -> None:
         ctx = RepContext(session.get_one(Rep, stored.rep_id), session.get_one(Issue, stored.issue_id), interaction)
         parsed = parse_commands(interaction.new_text)
         is_note = stored.token_purpose == "note" or any(c.name == "note" for c in parsed.commands)
         errors = list(parsed.errors)
+        holder = ctx.issue.assignee_id
         if not errors:
             try:
-                apply_commands(session, ctx.issue, ctx.rep, ctx.interaction, parsed.commands, self.picklists)
+                apply_commands(session, ctx.issue, ctx.rep, ctx.interaction, parsed.commands, self.picklists,
+                               self.short_names)
             except CommandError as exc:
                 errors.append(str(exc))
         if errors:
             self._tell_rep(session, ctx, "Your mail was not sent", _errors_text(errors))
             return
+        self.assignments.announce(session, Change(ctx.issue, holder, ctx.rep))
         asked = [c for c in parsed.commands if c.name == "attachments"]
         if asked:
             self._send_attachments(session, ctx, [name for c in asked for name in c.args])

@@ -89,6 +89,7 @@ class DecideContext:
     assignee: RepView | None
     reply_address: Callable[[int, int | None, str], str] | None  # None: no signing secret
     auto_allowed: Callable[[str], bool]  # rate limit and bounced-address check
+    desk_address: Callable[[int], str | None] | None = None  # a rep's own desk address, by rep id
 
 
 def reply_subject(subject: str) -> str:
@@ -123,7 +124,8 @@ def _notifications(template: str, issue: IssueView, trigger: TriggerView, ctx: D
     for rep in (ctx.assignee,) if ctx.assignee else ctx.reps:
         r = ctx.templates.render(template, **_case(issue, trigger), rep_name=rep.name,
                                  mailbox_address=ctx.mailbox_address,
-                                 note_address=ctx.reply_address(issue.id, rep.id, "note"))
+                                 note_address=ctx.reply_address(issue.id, rep.id, "note"),
+                                 desk_address=(ctx.desk_address(rep.id) if ctx.desk_address else None) or "")
         # No In-Reply-To here: the rep never got the customer's mail; the outbox
         # threads every notice of the issue under its thread root instead.
         out.append(Outgoing(
