@@ -70,8 +70,9 @@ def test_customer_rep_and_customer_again_over_smtp(tmp_path, db_url):
         (issue,) = json.loads(run_maild("issues", "list", "--json", "-c", str(config)).stdout)
         shown = json.loads(run_maild("issues", "show", str(issue["id"]), "--json", "-c", str(config)).stdout)
         recorded = {i["message_id"] for i in shown["interactions"]}
-        sent = {m["Message-ID"].strip("<>") for _, m in sink.messages()}
-        assert sent <= recorded and {"kettle1@example.com", "kettle2@example.com"} <= recorded
+        to_customer = {m["Message-ID"].strip("<>") for env, m in sink.messages() if env["to"] == ["pat@example.com"]}
+        assert to_customer <= recorded and {"kettle1@example.com", "kettle2@example.com"} <= recorded
+        assert len(shown["notices"]) == len(sink.messages()) - len(to_customer)  # the notifications to reps
     finally:
         assert maild.stop() == 0
         sink.stop()
@@ -121,7 +122,8 @@ def test_rep_workflow_over_smtp_forgery_commands_canned_and_hold(tmp_path, db_ur
         # A forged rep From on Alice's reply address: customer mail, its commands are text.
         forged, token_addr = client_reply(note, "#close\nRefund granted!", frm="Bob <bob@acme.test>")
         send(forged, token_addr)
-        _wait(lambda: len(issue()["interactions"]) >= 3, "the forged mail to be recorded")
+        _wait(lambda: [i for i in issue()["interactions"] if i["from"] == "bob@acme.test"],
+              "the forged mail to be recorded")
         assert issue()["status"] == "open"
 
         # Commands only: the issue changes, the customer gets nothing.
