@@ -112,9 +112,22 @@ def migrate(engine: Engine) -> None:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     before = schema_heads(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "heads")
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.connect() as conn:
+        if sqlite:
+            # A migration that rebuilds a table (SQLite's ALTER) drops the old one:
+            # with foreign keys on, any row pointing at it fails the drop. Off for
+            # the migration (a PRAGMA outside the transaction), checked after it.
+            conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "heads")
+                if sqlite and (broken := conn.exec_driver_sql("PRAGMA foreign_key_check").all()):
+                    raise RuntimeError(f"migration left rows pointing nowhere: {broken[:5]}")
+        finally:
+            if sqlite:
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
     log.info("database %s: schema migrated from %s to %s", display_url(str(engine.url)),
              ",".join(sorted(before)) or "nothing", ",".join(sorted(SCHEMA_HEADS)))
 
