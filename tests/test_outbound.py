@@ -459,3 +459,50 @@ def test_a_connection_lost_after_data_counts_as_the_one_resend_then_unknown(out_
     out_app.sender.run_once(now=utcnow() + timedelta(hours=1))
     copies = [m for _, m in relay.messages() if m["Subject"] == "Mail 0"]
     assert len(copies) == 2 and len({m["Message-ID"] for m in copies}) == 1
+
+
+class _BrokenHooks:
+    """Delivery hooks that fail (a template error, say): they must not undo delivery results."""
+
+    def __getattr__(self, name):
+        def hook(*args):
+            raise RuntimeError(f"{name} is broken")
+        return hook
+
+
+def test_a_failing_delivery_hook_never_undoes_a_delivery(out_app, relay):
+    relay.start("--reject", "bad@example.org")
+    out_app.sender.hooks = _BrokenHooks()
+    good, bad = queue_mail(out_app, 1)[0], queue_mail(out_app, 1, cc=("bad@example.org",))[0]
+    with out_app.sessions() as s, s.begin():  # the second one's customer copy is refused outright
+        s.get(OutboxMessage, bad).recipients = ["bad@example.org"]
+    counts = out_app.sender.run_once()
+    assert counts == {"sent": 1, "failed": 1}
+    assert rows(out_app, id=good)[0].status == "sent" and rows(out_app, id=bad)[0].status == "failed"
+    out_app.sender.run_once(now=utcnow() + timedelta(hours=1))
+    assert len([m for _, m in relay.messages() if m["Subject"] == "Mail 0"]) == 1  # never sent again
+
+
+def test_retrying_a_refused_row_sends_it_to_the_refused_recipient(out_app, relay, tmp_path):
+    relay.start("--reject", "pat@example.com")
+    (row_id,) = queue_mail(out_app, 1)
+    out_app.sender.run_once()
+    (row,) = rows(out_app, id=row_id)
+    assert row.status == "failed" and row.results["pat@example.com"]["code"] == 550
+    relay.stop()
+    relay.start()  # the relay fixed: it takes pat@ now
+    r = run_maild("outbox", "retry", str(row_id), "-c", str(out_app.config_path), env={"MAILD_SECRET": SECRET})
+    assert r.returncode == 0, r.stderr
+    assert out_app.sender.run_once() == {"sent": 1}
+    assert [env["to"] for env, _ in relay.messages()] == [["pat@example.com"]]
+    assert rows(out_app, id=row_id)[0].results["pat@example.com"]["code"] == 250
+
+
+def test_retry_refuses_a_row_another_sender_is_sending(out_app, relay):
+    (row_id,) = queue_mail(out_app, 1)
+    with out_app.sessions() as s, s.begin():
+        row = s.get(OutboxMessage, row_id)
+        row.status, row.lease_owner, row.lease_until = "sending", "another", utcnow() + timedelta(minutes=5)
+    r = run_maild("outbox", "retry", str(row_id), "-c", str(out_app.config_path), env={"MAILD_SECRET": SECRET})
+    assert r.returncode == 1 and b"being sent right now" in r.stderr
+    assert rows(out_app, id=row_id)[0].lease_owner == "another"

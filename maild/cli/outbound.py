@@ -13,7 +13,7 @@ from maild.models import OutboxMessage, RawMessage, utcnow
 from maild.outbound.automatic import NotifyError, send_automatic
 from maild.outbound.outbox import OUTBOX_STATUSES
 from maild.outbound.templates import TemplateError
-from maild.timefmt import iso
+from maild.timefmt import aware, iso
 from maild.cli import json_option, main, print_json, reading, with_settings
 
 # Every status an outbox row can have (models.OutboxMessage.status, set by the
@@ -73,10 +73,16 @@ def outbox_retry(settings: Settings, ids: tuple[int, ...]) -> None:
     now = utcnow()
     with app.sessions() as session, session.begin():
         for row_id in ids:
-            row = session.get(OutboxMessage, row_id)
+            row = session.get(OutboxMessage, row_id, with_for_update=True)
             if row is None or row.status == "sent":
                 raise click.ClickException(f"outbox message {row_id} does not exist or was sent already")
+            if row.status == "sending" and row.lease_until is not None and aware(row.lease_until) > now:
+                raise click.ClickException(f"outbox message {row_id} is being sent right now; "
+                                           f"retry it after {iso(row.lease_until)} if it is still not sent")
+            # Recipients that took it keep their answer (no second copy); refused ones are tried again.
+            row.results = {a: r for a, r in (row.results or {}).items() if 200 <= r["code"] < 300} or None
             row.status, row.next_attempt_at = "queued", now
+            row.lease_owner = row.lease_until = None
             row.deadline_at = now + app.notifier.policy.deadline
     click.echo(f"queued {len(ids)} message(s) again")
 

@@ -202,6 +202,9 @@ class Sender:
         try:
             while (c := work.get()) is not None:
                 try:
+                    if not c.recipients:  # every recipient answered for good already: nothing to send
+                        done.put((c, {}, None))
+                        continue
                     if relay is None:
                         relay = open_relay(self.relay)
                     done.put((c, relay.send(c.envelope_from, c.recipients, c.data), None))
@@ -254,8 +257,18 @@ class Sender:
             return
         row.status, row.last_error, row.lease_owner, row.lease_until = "unknown", UNKNOWN_ERROR, None, None
         log.warning("outbox id=%s kind=%s status=unknown: %s", row.id, row.kind, UNKNOWN_ERROR)
-        if self.hooks is not None:
-            self.hooks.delivery_unknown(session, row)
+        self._tell(session, "delivery_unknown", row)
+
+    def _tell(self, session: Session, hook: str, row: OutboxMessage, *args) -> None:
+        """Run a delivery hook (a note, telling the reps) in a savepoint: when it fails, the
+        row's own result still commits, with every other row's, and the failure is logged."""
+        if self.hooks is None:
+            return
+        try:
+            with session.begin_nested():
+                getattr(self.hooks, hook)(session, row, *args)
+        except Exception:
+            log.exception("outbox id=%s: the %s hook failed; the row's status stands", row.id, hook)
 
     def _renew(self, session: Session, now: datetime, ids: set[int]) -> None:
         t = OUTBOX.c
@@ -267,7 +280,7 @@ class Sender:
         counts: Counter = Counter()
         plain = []
         for c, results, error in finished:
-            if error is None and results is not None and all(200 <= code < 300 for code, _ in results.values()):
+            if error is None and results and all(200 <= code < 300 for code, _ in results.values()):
                 plain.append({"rid": c.id, "res": _merge(c.previous, results)})
             else:
                 counts[self._settle_one(session, now, c, results, error)] += 1
@@ -306,16 +319,14 @@ class Sender:
         refused = {a: answered[a] for a in c.recipients if a in answered and answered[a][0] >= 500}
         if isinstance(error, LostInData) and row.resends >= 1:
             row.status, row.last_error = "unknown", f"{UNKNOWN_ERROR} (last: {error})"
-            if self.hooks is not None:
-                self.hooks.delivery_unknown(session, row)
+            self._tell(session, "delivery_unknown", row)
         elif error is not None and isinstance(error, Temporary) and not expired:
             if isinstance(error, LostInData):  # the relay may have it: the one resend of its life
                 row.resends += 1
             self._later(row, now, str(error))
         elif error is not None:
             row.status, row.last_error = "failed", str(error)
-            if self.hooks is not None:
-                self.hooks.delivery_failed(session, row)
+            self._tell(session, "delivery_failed", row)
         else:
             if later and expired:
                 refused |= later
@@ -328,8 +339,8 @@ class Sender:
                 row.last_error = refused_words(refused) if refused else None
             else:
                 row.status, row.last_error = "failed", refused_words(refused)
-            if refused and self.hooks is not None:
-                self.hooks.recipients_refused(session, row, refused)
+            if refused:
+                self._tell(session, "recipients_refused", row, refused)
         log.info("outbox id=%s kind=%s status=%s attempts=%s error=%s",
                  row.id, row.kind, row.status, row.attempts, row.last_error)
         return row.status
