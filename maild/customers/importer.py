@@ -241,7 +241,7 @@ class _Known:
                 select(CustomerAddress.key, Customer).join(Customer, Customer.id == CustomerAddress.customer_id)
                 .where(CustomerAddress.key.in_(chunk)).options(with_addresses)
             )
-            for key, c in owners.tuples():
+            for key, c in owners:
                 self.owners[key] = live(session, c)
 
     def holders(self, row: UserRow, user: Customer | None) -> list[Customer]:
