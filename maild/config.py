@@ -88,7 +88,11 @@ class SmtpConfig(_Strict):
     auth_require_tls: bool = True
     auth_required: bool = False  # every transaction must AUTH first (a submission-only listener)
     store_timeout: float = Field(default=5.0, gt=0)  # seconds a store may wait on the database before 451
-    max_sessions: int = Field(default=100, gt=0)  # concurrent SMTP+LMTP sessions; the next one gets 421
+    max_sessions: int = Field(default=100, gt=0)  # concurrent SMTP sessions; the next one gets 421
+    max_sessions_per_ip: int = Field(default=20, gt=0)  # ... from one client address (IPv6: one /64)
+    max_lmtp_sessions: int = Field(default=50, gt=0)  # concurrent LMTP sessions, a pool of their own
+    session_timeout: float = Field(default=600.0, gt=0)  # seconds from connect to 421, whatever is sent
+    max_idle_commands: int = Field(default=20, gt=0)  # NOOP, RSET, HELO/EHLO, VRFY... between two messages
     transaction_timeout: float = Field(default=300.0, gt=0)  # seconds from MAIL FROM to the end of DATA
     spool_threshold: int = Field(default=1024 * 1024, gt=0)  # bytes of a message in memory before a temp file
     max_data_memory: int = Field(default=100 * 1024 * 1024, gt=0)  # bytes of received mail held for stores at once

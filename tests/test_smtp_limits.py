@@ -39,10 +39,11 @@ def start(tmp_path, db_url):
 
 
 class Peer:
-    """One raw SMTP session: bytes exactly as the test writes them."""
+    """One raw SMTP session: bytes exactly as the test writes them, from `source`
+    (any 127.x.y.z address is loopback on Linux, so each can be another client)."""
 
-    def __init__(self, port: int, timeout: float = 30) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 30, source: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
         self.file = self.sock.makefile("rb")
 
     def reply(self) -> bytes:
@@ -84,6 +85,111 @@ def test_sessions_past_max_sessions_get_421_and_a_freed_slot_serves_again(start,
     db.wait_processed(1)
     assert db.inbound_subjects() == {"After a slot was freed": 1}
     assert "code=421 reason=too-many-sessions limit=3" in maild.log
+
+
+def test_idle_sessions_from_one_address_stop_at_max_sessions_per_ip_and_other_addresses_are_served(start, db):
+    maild = start(smtp="max_sessions_per_ip = 3")
+    port = ports_of(maild.config)["smtp"]
+    held = [Peer(port, source="127.0.0.2") for _ in range(3)]
+    for p in held:  # connections that only keep themselves alive
+        assert p.reply().startswith(b"220 ")
+        assert p.say(b"NOOP").startswith(b"250")
+    extra = Peer(port, source="127.0.0.2")
+    assert extra.reply().startswith(b"421 4.7.0")
+    assert extra.file.read() == b""  # and closed
+    extra.close()
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=("127.0.0.3", 0)) as s:
+        s.sendmail("pat@example.com", ["support@acme.test"], message("From another address"))
+    assert all(p.say(b"NOOP").startswith(b"250") for p in held)  # the held ones were not cut
+    for p in held:
+        p.close()
+    db.wait_processed(1)
+    assert db.inbound_subjects() == {"From another address": 1}
+    assert "peer=127.0.0.2 code=421 reason=too-many-sessions-per-ip limit=3" in maild.log
+
+
+def test_lmtp_hand_off_is_served_while_smtp_is_full_and_has_no_per_ip_cap(start, db):
+    maild = start(smtp="max_sessions = 2\nmax_sessions_per_ip = 1\nmax_lmtp_sessions = 3", lmtp=True)
+    ports = ports_of(maild.config)
+    held = [Peer(ports["smtp"], source=f"127.0.0.{n}") for n in (2, 3)]
+    assert all(p.reply().startswith(b"220 ") for p in held)
+    extra = Peer(ports["smtp"], source="127.0.0.4")
+    assert extra.reply().startswith(b"421 4.7.0")
+    extra.close()
+    # The MTA's hand-off: three sessions from one loopback address, past SMTP's pool and per-IP cap.
+    lmtp_held = [Peer(ports["lmtp"]) for _ in range(2)]
+    assert all(p.reply().startswith(b"220 ") for p in lmtp_held)
+    with smtplib.LMTP("127.0.0.1", ports["lmtp"], timeout=30) as s:
+        assert s.sendmail("pat@example.com", ["support@acme.test"], message("Handed off by the MTA")) == {}
+        lmtp_extra = Peer(ports["lmtp"])  # a fourth: LMTP's own pool has its limit too
+        assert lmtp_extra.reply().startswith(b"421 4.7.0")
+    for p in [*held, *lmtp_held, lmtp_extra]:
+        p.close()
+    db.wait_processed(1)
+    assert db.inbound_subjects() == {"Handed off by the MTA": 1}
+    assert "proto=smtp peer=127.0.0.4 code=421 reason=too-many-sessions limit=2" in maild.log
+    assert "proto=lmtp peer=127.0.0.1 code=421 reason=too-many-sessions limit=3" in maild.log
+
+
+def noop_until_closed(peer: Peer) -> bytes:
+    """NOOP every 0.1 s (each restarts aiosmtpd's idle timeout) until the daemon answers
+    otherwise; at most a minute. Returns that answer, after checking the connection closed."""
+    for _ in range(600):
+        answer = peer.say(b"NOOP")
+        if not answer.startswith(b"250"):
+            assert peer.file.read() == b""
+            return answer
+        time.sleep(0.1)
+    raise AssertionError("still open after a minute of NOOPs")
+
+
+def test_a_session_that_only_sends_noop_ends_at_session_timeout(start, db):
+    maild = start(smtp="session_timeout = 1.0\nmax_idle_commands = 100000")
+    peer = Peer(ports_of(maild.config)["smtp"])
+    assert peer.reply().startswith(b"220 ")
+    assert peer.say(b"EHLO client.test").startswith(b"250")
+    assert noop_until_closed(peer).startswith(b"421 4.4.2")
+    peer.close()
+    assert "code=421 reason=session-timeout seconds=1.0" in maild.log
+
+
+def test_session_timeout_lets_the_message_in_data_finish_then_closes(start, db):
+    maild = start(smtp="session_timeout = 2.0")
+    peer = Peer(ports_of(maild.config)["smtp"])
+    peer.reply()
+    for line in (b"EHLO client.test", b"MAIL FROM:<pat@example.com>", b"RCPT TO:<support@acme.test>"):
+        assert peer.say(line)[:1] == b"2", line
+    assert peer.say(b"DATA").startswith(b"354")
+    peer.sock.sendall(message("Under way when the session's time ran out"))
+    maild.wait_for("reason=session-timeout in-data")
+    peer.sock.sendall(b".\r\n")
+    assert peer.reply().startswith(b"250 2.0.0")  # stored and answered
+    assert peer.reply().startswith(b"421 4.4.2")  # then the session ends
+    assert peer.file.read() == b""
+    peer.close()
+    db.wait_processed(1)
+    assert db.inbound_subjects() == {"Under way when the session's time ran out": 1}
+
+
+def test_commands_that_move_no_mail_end_the_session_past_max_idle_commands(start, db):
+    maild = start(smtp="max_idle_commands = 5")
+    peer = Peer(ports_of(maild.config)["smtp"])
+    peer.reply()
+    for line in (b"EHLO client.test", b"NOOP", b"VRFY <support@acme.test>", b"RSET", b"MAIL FROM:<pat@example.com>",
+                 b"RCPT TO:<support@acme.test>", b"NOOP"):  # five that move nothing, with a transaction's own
+        assert peer.say(line)[:1] == b"2", line
+    assert peer.say(b"DATA").startswith(b"354")
+    peer.sock.sendall(message("Sent on a reused connection") + b".\r\n")
+    assert peer.reply().startswith(b"250 2.0.0")
+    # A message came: the count starts again, as for an MTA that reuses its connection.
+    for line in (b"RSET", b"NOOP", b"HELO client.test", b"NOOP", b"NOOP"):
+        assert peer.say(line)[:1] == b"2", line
+    assert peer.say(b"NOOP").startswith(b"421 4.7.0")
+    assert peer.file.read() == b""
+    peer.close()
+    db.wait_processed(1)
+    assert db.inbound_subjects() == {"Sent on a reused connection": 1}
+    assert "code=421 reason=too-many-idle-commands limit=5" in maild.log
 
 
 def test_a_trickle_cannot_stretch_a_transaction_past_transaction_timeout(start, db):
@@ -257,7 +363,7 @@ def vm_rss(pid: int) -> int:
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the edge's memory does not depend on the database
 def test_thirty_slow_senders_of_3_mb_leave_memory_bounded_and_others_served(start, db):
     mib = 2**20
-    maild = start(smtp=f"max_sessions = 40\nspool_threshold = {mib}\nmax_data_memory = {32 * mib}",
+    maild = start(smtp=f"max_sessions = 40\nmax_sessions_per_ip = 40\nspool_threshold = {mib}\nmax_data_memory = {32 * mib}",
                   store_timeout=30.0)
     port, pid = ports_of(maild.config)["smtp"], maild.proc.pid
     with smtp_client(maild.config) as s:  # the daemon's own allocations first

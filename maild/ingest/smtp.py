@@ -5,11 +5,14 @@ intake and answers. It never parses a body, never answers 250 before the
 intake has returned, and never relays: only the addresses of configured
 mailboxes (their aliases and +subaddresses) are accepted.
 
-Resources are capped here, before anything is stored: sessions
-(`max_sessions`), the time a transaction may take from MAIL FROM to its final
-dot (`transaction_timeout`, which no trickle extends), the memory a message
-takes while it arrives (DATA is read by spool.py, not by aiosmtpd) and the
-time a sender waits for the store (`store_timeout`).
+Resources are capped here, before anything is stored: sessions (a pool per
+listener, so SMTP clients never take LMTP's places, and `max_sessions_per_ip`
+on SMTP), a session's whole life (`session_timeout`, which no NOOP extends, as
+aiosmtpd's idle timeout would be), commands that move no mail
+(`max_idle_commands`), the time a transaction may take from MAIL FROM to its
+final dot (`transaction_timeout`, which no trickle extends), the memory a
+message takes while it arrives (DATA is read by spool.py, not by aiosmtpd) and
+the time a sender waits for the store (`store_timeout`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ from aiosmtpd.smtp import SMTP, Envelope
 from maild.config import MailboxConfig, Settings
 from maild.ingest.intake import Accepted, Incoming, header_end
 from maild.ingest.smtp_auth import auth_users, authenticator, tls_context
-from maild.ingest.smtp_guards import Refusal, SessionSlots, Slot, address_fault, escape_peer_text
+from maild.ingest.smtp_guards import (
+    TOO_MANY_FROM_PEER, Refusal, SessionSlots, Slot, address_fault, escape_peer_text, refuse,
+)
 from maild.ingest.spool import MemoryBudget, Spool, read_data
 
 log = logging.getLogger("maild.smtp")
@@ -199,20 +204,87 @@ class SpooledEnvelope(Envelope):
     spool: Spool | None = None
 
 
+IDLE_COMMANDS_OVER = b"421 4.7.0 Too many commands without a message, closing connection\r\n"
+SESSION_OVER = b"421 4.4.2 Session time limit exceeded, closing connection\r\n"
+
+
 class _Precise(SMTP):
     """Protocol tweaks: enhanced codes for oversize mail, per-recipient DATA errors
     for LMTP, a cap on bytes without a newline (aiosmtpd would keep them), a
-    session slot, the transaction deadline, and DATA read into a Spool."""
+    session slot and the client's cap, the session and transaction deadlines,
+    a cap on commands that move no mail, and DATA read into a Spool."""
 
     proto = "smtp"
     _unbroken = 0
+    _idle_commands = 0
     _expiry: asyncio.TimerHandle | None = None
+    _session_clock: asyncio.TimerHandle | None = None
+    _in_data = _overdue = _refused = False
 
-    def __init__(self, handler: Handler, *, slot: Slot, transaction_timeout: float, spool_threshold: int,
-                 **options: Any) -> None:
-        self.slot, self.transaction_timeout, self.spool_threshold = slot, transaction_timeout, spool_threshold
+    def __init__(self, handler: Handler, *, slot: Slot, slots: SessionSlots, transaction_timeout: float,
+                 session_timeout: float, max_idle_commands: int, spool_threshold: int, **options: Any) -> None:
+        self.slot, self.slots, self.spool_threshold = slot, slots, spool_threshold
+        self.transaction_timeout, self.session_timeout = transaction_timeout, session_timeout
+        self.max_idle_commands = max_idle_commands
         weakref.finalize(self, slot.release)  # a protocol asyncio made but never connected
         super().__init__(handler, **options)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.transport is None:  # the connection itself (STARTTLS calls again with its TLS transport)
+            peer = transport.get_extra_info("peername")
+            if not self.slots.admit(self.slot, peer[0] if isinstance(peer, tuple) else "-"):
+                self._refused = True
+                self.slot.release()
+                refuse(transport, self.proto, "too-many-sessions-per-ip", self.slots.per_peer or 0, TOO_MANY_FROM_PEER)
+                return
+            self._session_clock = self.loop.call_later(self.session_timeout, self._session_expired)
+        super().connection_made(transport)
+
+    def _session_expired(self) -> None:
+        self._session_clock = None
+        if self._in_data:  # the message in DATA is finished first (transaction_timeout bounds it)
+            self._overdue = True
+            log.info("overdue proto=%s %s reason=session-timeout in-data seconds=%s: 421 after its answer",
+                     self.proto, _who(self.session, self.envelope), self.session_timeout)
+            return
+        log.info("refused proto=%s %s code=421 reason=session-timeout seconds=%s",
+                 self.proto, _who(self.session, self.envelope), self.session_timeout)
+        self._hang_up(SESSION_OVER)
+
+    def _idle(self) -> bool:
+        """Counts a command that moves no mail; past `max_idle_commands` since the last
+        message, the session ends (True)."""
+        self._idle_commands += 1
+        if self._idle_commands <= self.max_idle_commands:
+            return False
+        log.info("refused proto=%s %s code=421 reason=too-many-idle-commands limit=%d",
+                 self.proto, _who(self.session, self.envelope), self.max_idle_commands)
+        self._hang_up(IDLE_COMMANDS_OVER)
+        return True
+
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not self._idle():
+            await super().smtp_NOOP(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        if not self._idle():
+            await super().smtp_RSET(arg)
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not self._idle():
+            await super().smtp_HELO(hostname)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not self._idle():
+            await super().smtp_EHLO(hostname)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        if not self._idle():
+            await super().smtp_HELP(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        if not self._idle():
+            await super().smtp_EXPN(arg)
 
     def _create_envelope(self) -> Envelope:
         return SpooledEnvelope()
@@ -228,6 +300,11 @@ class _Precise(SMTP):
             self.transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:  # never started: aiosmtpd has nothing to clean up
+            return
+        if self._session_clock is not None:
+            self._session_clock.cancel()
+            self._session_clock = None
         self._set_post_data_state()
         self.slot.release()
         super().connection_lost(error)
@@ -250,7 +327,7 @@ class _Precise(SMTP):
         self._hang_up(b"421 4.4.2 Transaction time limit exceeded, closing connection\r\n")
 
     async def smtp_VRFY(self, arg: str | None) -> None:  # aiosmtpd echoes a bad address undecoded
-        if not await self.check_auth_needed("VRFY"):
+        if not self._idle() and not await self.check_auth_needed("VRFY"):
             await self.push("252 2.5.0 Cannot VRFY; send the message" if arg else "501 5.5.4 Syntax: VRFY <address>")
 
     async def smtp_DATA(self, arg: str | None) -> None:
@@ -262,6 +339,16 @@ class _Precise(SMTP):
             await self.push("501 5.5.4 Syntax: DATA" if arg else "503 5.5.1 Error: need RCPT command")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._in_data = True
+        try:
+            await self._take_data(envelope)
+        finally:
+            self._in_data = False
+        if self._overdue:
+            self._session_expired()
+
+    async def _take_data(self, envelope: SpooledEnvelope) -> None:
+        """From 354 to the answer after the final dot."""
         spool = Spool(self.spool_threshold)
         try:
             fault = await read_data(self._reader, spool, self.data_size_limit)
@@ -277,6 +364,7 @@ class _Precise(SMTP):
                             "500 Line too long (see RFC5321 4.5.3.1.6)")
             self._set_post_data_state()
             return
+        self._idle_commands = 0  # a message came: the commands before it were its own
         envelope.spool = spool
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
@@ -308,6 +396,10 @@ class SmtpServer(_Precise):
 class LmtpServer(_Precise, LMTP):
     proto = "lmtp"
 
+    async def smtp_LHLO(self, arg: str) -> None:
+        if not self._idle():
+            await super().smtp_LHLO(arg)
+
 
 @dataclass(frozen=True)
 class Listener:
@@ -325,26 +417,30 @@ def listeners(settings: Settings, intake: Intake) -> list[Listener]:
         data_size_limit=cfg.max_message_size, hostname=socket.getfqdn(), enable_SMTPUTF8=True,
         tls_context=tls, auth_require_tls=cfg.auth_require_tls, auth_required=cfg.auth_required,
         authenticator=authenticator(users or {}), transaction_timeout=cfg.transaction_timeout,
+        session_timeout=cfg.session_timeout, max_idle_commands=cfg.max_idle_commands,
         spool_threshold=cfg.spool_threshold,
     )
     escape_peer_text(log, logging.getLogger("mail.log"))  # aiosmtpd's logger
-    router, slots, budget = Router(settings.mailbox), SessionSlots(cfg.max_sessions), MemoryBudget(cfg.max_data_memory)
+    router, budget = Router(settings.mailbox), MemoryBudget(cfg.max_data_memory)
+    # The MTA's LMTP hand-off comes from one (often loopback) address: its own pool, no per-client cap.
+    pools = {"smtp": SessionSlots("smtp", cfg.max_sessions, cfg.max_sessions_per_ip),
+             "lmtp": SessionSlots("lmtp", cfg.max_lmtp_sessions)}
     out = []
     for proto, address in wanted:
         handler = Handler(proto, router, intake, users is not None, cfg.store_timeout, budget)
         server = LmtpServer if proto == "lmtp" else SmtpServer
-        out.append(Listener(proto, address, _factory(proto, server, handler, slots, options)))
+        out.append(Listener(proto, address, _factory(server, handler, pools[proto], options)))
     return out
 
 
-def _factory(proto: str, server: type[_Precise], handler: Handler, slots: SessionSlots,
+def _factory(server: type[_Precise], handler: Handler, slots: SessionSlots,
              options: dict[str, Any]) -> Callable[[], asyncio.Protocol]:
-    """A new session when a slot is free; otherwise a Refusal (421)."""
+    """A new session when the listener's pool has a slot; otherwise a Refusal (421)."""
 
     def make() -> asyncio.Protocol:
         slot = slots.take()
         if slot is None:
-            return Refusal(proto, slots.limit)
-        return server(handler, slot=slot, **options)
+            return Refusal(slots.proto, slots.limit)
+        return server(handler, slot=slot, slots=slots, **options)
 
     return make
