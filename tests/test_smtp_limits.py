@@ -363,8 +363,8 @@ def vm_rss(pid: int) -> int:
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the edge's memory does not depend on the database
 def test_thirty_slow_senders_of_3_mb_leave_memory_bounded_and_others_served(start, db):
     mib = 2**20
-    maild = start(smtp=f"max_sessions = 40\nmax_sessions_per_ip = 40\nspool_threshold = {mib}\nmax_data_memory = {32 * mib}",
-                  store_timeout=30.0)
+    maild = start(smtp=f"max_sessions = 40\nmax_sessions_per_ip = 40\nspool_threshold = {mib}\n"
+                       f"max_data_memory = {32 * mib}", store_timeout=30.0)
     port, pid = ports_of(maild.config)["smtp"], maild.proc.pid
     with smtp_client(maild.config) as s:  # the daemon's own allocations first
         s.sendmail("pat@example.com", ["support@acme.test"], message("Warm-up"))

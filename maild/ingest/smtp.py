@@ -5,14 +5,12 @@ intake and answers. It never parses a body, never answers 250 before the
 intake has returned, and never relays: only the addresses of configured
 mailboxes (their aliases and +subaddresses) are accepted.
 
-Resources are capped here, before anything is stored: sessions (a pool per
-listener, so SMTP clients never take LMTP's places, and `max_sessions_per_ip`
-on SMTP), a session's whole life (`session_timeout`, which no NOOP extends, as
-aiosmtpd's idle timeout would be), commands that move no mail
-(`max_idle_commands`), the time a transaction may take from MAIL FROM to its
-final dot (`transaction_timeout`, which no trickle extends), the memory a
-message takes while it arrives (DATA is read by spool.py, not by aiosmtpd) and
-the time a sender waits for the store (`store_timeout`).
+Resources are capped before anything is stored: per session by the protocol
+(smtp_protocol.py: slots, the session's and the transaction's time, commands
+that move no mail, DATA into a spool), and here the memory held for stores
+(`max_data_memory`) and the time a sender waits for the store
+(`store_timeout`). Each listener has its own pool of sessions, so SMTP
+clients never take the places the MTA's LMTP hand-off needs.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ import asyncio
 import logging
 import socket
 import time
-import weakref
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
@@ -29,22 +26,15 @@ from email.utils import getaddresses
 from typing import Any, Protocol
 from collections.abc import Awaitable, Callable, Sequence
 
-from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope
-
 from maild.config import MailboxConfig, Settings
 from maild.ingest.intake import Accepted, Incoming, header_end
 from maild.ingest.smtp_auth import auth_users, authenticator, tls_context
-from maild.ingest.smtp_guards import (
-    TOO_MANY_FROM_PEER, Refusal, SessionSlots, Slot, address_fault, escape_peer_text, refuse,
-)
-from maild.ingest.spool import MemoryBudget, Spool, read_data
+from maild.ingest.smtp_guards import Refusal, SessionSlots, address_fault, escape_peer_text
+from maild.ingest.smtp_protocol import LimitedSMTP, LmtpServer, SmtpServer, peer_and_sender
+from maild.ingest.spool import MemoryBudget, Spool
 
 log = logging.getLogger("maild.smtp")
 
-TOO_BIG = {"552 Error: Too much mail data", "552 Error: message size exceeds fixed maximum message size"}
-DATA_ERRORS = {"552 Error: Too much mail data", "500 Line too long (see RFC5321 4.5.3.1.6)"}
-LINE_GUARD = 1 << 20  # bytes without a newline after which a peer is cut off
 SENDER_FAULT = "501 5.1.7 Sender address must be ASCII, or UTF-8 after SMTPUTF8, without control characters"
 RECIPIENT_FAULT = "553 5.1.3 Recipient address must be ASCII, or UTF-8 after SMTPUTF8, without control characters"
 
@@ -96,10 +86,6 @@ def header_recipients(data: bytes) -> list[str]:
         return []
 
 
-def _who(session, envelope) -> str:
-    peer = session.peer[0] if session.peer else "-"
-    return f"peer={peer} from=<{envelope.mail_from or ''}>"
-
 
 class OutOfMemoryBudget(Exception):
     """The received mail held for stores is at `smtp.max_data_memory`."""
@@ -132,7 +118,7 @@ class Handler:
         return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        who = f"proto={self.proto} {_who(session, envelope)} to=<{address}>"
+        who = f"proto={self.proto} {peer_and_sender(session, envelope)} to=<{address}>"
         if fault := address_fault(address, envelope.smtp_utf8):
             log.info("refused %s code=553 reason=recipient-%s", who, fault)
             return RECIPIENT_FAULT
@@ -167,7 +153,7 @@ class Handler:
     async def handle_DATA(self, server, session, envelope):
         """Store, waiting at most `store_timeout` s; a store still running then may commit later,
         and the sender's retry is recognised as the same message."""
-        who = f"proto={self.proto} {_who(session, envelope)} to={','.join(envelope.rcpt_tos)}"
+        who = f"proto={self.proto} {peer_and_sender(session, envelope)} to={','.join(envelope.rcpt_tos)}"
         spool: Spool = envelope.spool
         deadline = time.monotonic() + self.store_timeout
         task = asyncio.ensure_future(
@@ -196,209 +182,6 @@ class Handler:
     async def handle_exception(self, error):
         log.exception("smtp session error proto=%s", self.proto)
         return "451 4.3.0 Internal error, try again later"
-
-
-class SpooledEnvelope(Envelope):
-    """aiosmtpd's envelope, with the message in a Spool instead of `original_content`."""
-
-    spool: Spool | None = None
-
-
-IDLE_COMMANDS_OVER = b"421 4.7.0 Too many commands without a message, closing connection\r\n"
-SESSION_OVER = b"421 4.4.2 Session time limit exceeded, closing connection\r\n"
-
-
-class _Precise(SMTP):
-    """Protocol tweaks: enhanced codes for oversize mail, per-recipient DATA errors
-    for LMTP, a cap on bytes without a newline (aiosmtpd would keep them), a
-    session slot and the client's cap, the session and transaction deadlines,
-    a cap on commands that move no mail, and DATA read into a Spool."""
-
-    proto = "smtp"
-    _unbroken = 0
-    _idle_commands = 0
-    _expiry: asyncio.TimerHandle | None = None
-    _session_clock: asyncio.TimerHandle | None = None
-    _in_data = _overdue = _refused = False
-
-    def __init__(self, handler: Handler, *, slot: Slot, slots: SessionSlots, transaction_timeout: float,
-                 session_timeout: float, max_idle_commands: int, spool_threshold: int, **options: Any) -> None:
-        self.slot, self.slots, self.spool_threshold = slot, slots, spool_threshold
-        self.transaction_timeout, self.session_timeout = transaction_timeout, session_timeout
-        self.max_idle_commands = max_idle_commands
-        weakref.finalize(self, slot.release)  # a protocol asyncio made but never connected
-        super().__init__(handler, **options)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self.transport is None:  # the connection itself (STARTTLS calls again with its TLS transport)
-            peer = transport.get_extra_info("peername")
-            if not self.slots.admit(self.slot, peer[0] if isinstance(peer, tuple) else "-"):
-                self._refused = True
-                self.slot.release()
-                refuse(transport, self.proto, "too-many-sessions-per-ip", self.slots.per_peer or 0, TOO_MANY_FROM_PEER)
-                return
-            self._session_clock = self.loop.call_later(self.session_timeout, self._session_expired)
-        super().connection_made(transport)
-
-    def _session_expired(self) -> None:
-        self._session_clock = None
-        if self._in_data:  # the message in DATA is finished first (transaction_timeout bounds it)
-            self._overdue = True
-            log.info("overdue proto=%s %s reason=session-timeout in-data seconds=%s: 421 after its answer",
-                     self.proto, _who(self.session, self.envelope), self.session_timeout)
-            return
-        log.info("refused proto=%s %s code=421 reason=session-timeout seconds=%s",
-                 self.proto, _who(self.session, self.envelope), self.session_timeout)
-        self._hang_up(SESSION_OVER)
-
-    def _idle(self) -> bool:
-        """Counts a command that moves no mail; past `max_idle_commands` since the last
-        message, the session ends (True)."""
-        self._idle_commands += 1
-        if self._idle_commands <= self.max_idle_commands:
-            return False
-        log.info("refused proto=%s %s code=421 reason=too-many-idle-commands limit=%d",
-                 self.proto, _who(self.session, self.envelope), self.max_idle_commands)
-        self._hang_up(IDLE_COMMANDS_OVER)
-        return True
-
-    async def smtp_NOOP(self, arg: str) -> None:
-        if not self._idle():
-            await super().smtp_NOOP(arg)
-
-    async def smtp_RSET(self, arg: str) -> None:
-        if not self._idle():
-            await super().smtp_RSET(arg)
-
-    async def smtp_HELO(self, hostname: str) -> None:
-        if not self._idle():
-            await super().smtp_HELO(hostname)
-
-    async def smtp_EHLO(self, hostname: str) -> None:
-        if not self._idle():
-            await super().smtp_EHLO(hostname)
-
-    async def smtp_HELP(self, arg: str) -> None:
-        if not self._idle():
-            await super().smtp_HELP(arg)
-
-    async def smtp_EXPN(self, arg: str) -> None:
-        if not self._idle():
-            await super().smtp_EXPN(arg)
-
-    def _create_envelope(self) -> Envelope:
-        return SpooledEnvelope()
-
-    def _current(self) -> SpooledEnvelope:
-        """The transaction's envelope (aiosmtpd makes one per session and transaction)."""
-        assert isinstance(self.envelope, SpooledEnvelope)
-        return self.envelope
-
-    def _hang_up(self, reply: bytes) -> None:
-        if isinstance(self.transport, asyncio.WriteTransport) and not self.transport.is_closing():
-            self.transport.write(reply)
-            self.transport.close()
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._refused:  # never started: aiosmtpd has nothing to clean up
-            return
-        if self._session_clock is not None:
-            self._session_clock.cancel()
-            self._session_clock = None
-        self._set_post_data_state()
-        self.slot.release()
-        super().connection_lost(error)
-
-    def _set_post_data_state(self) -> None:  # aiosmtpd: after DATA, RSET, HELO/EHLO
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-        super()._set_post_data_state()
-
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        await super().smtp_MAIL(arg)
-        if self._current().mail_from is not None and self._expiry is None:
-            self._expiry = self.loop.call_later(self.transaction_timeout, self._transaction_expired)
-
-    def _transaction_expired(self) -> None:
-        self._expiry = None
-        log.info("refused proto=%s %s code=421 reason=transaction-timeout seconds=%s",
-                 self.proto, _who(self.session, self.envelope), self.transaction_timeout)
-        self._hang_up(b"421 4.4.2 Transaction time limit exceeded, closing connection\r\n")
-
-    async def smtp_VRFY(self, arg: str | None) -> None:  # aiosmtpd echoes a bad address undecoded
-        if not self._idle() and not await self.check_auth_needed("VRFY"):
-            await self.push("252 2.5.0 Cannot VRFY; send the message" if arg else "501 5.5.4 Syntax: VRFY <address>")
-
-    async def smtp_DATA(self, arg: str | None) -> None:
-        """aiosmtpd's DATA, with the data going to a Spool (see spool.py for why)."""
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
-        envelope = self._current()
-        if not envelope.rcpt_tos or arg:
-            await self.push("501 5.5.4 Syntax: DATA" if arg else "503 5.5.1 Error: need RCPT command")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        self._in_data = True
-        try:
-            await self._take_data(envelope)
-        finally:
-            self._in_data = False
-        if self._overdue:
-            self._session_expired()
-
-    async def _take_data(self, envelope: SpooledEnvelope) -> None:
-        """From 354 to the answer after the final dot."""
-        spool = Spool(self.spool_threshold)
-        try:
-            fault = await read_data(self._reader, spool, self.data_size_limit)
-        except BaseException:
-            spool.close()
-            raise
-        if self._expiry is not None:  # the transaction's time ends at the final dot
-            self._expiry.cancel()
-            self._expiry = None
-        if fault is not None:
-            spool.close()
-            await self.push("552 Error: Too much mail data" if fault == "too-big" else
-                            "500 Line too long (see RFC5321 4.5.3.1.6)")
-            self._set_post_data_state()
-            return
-        self._idle_commands = 0  # a message came: the commands before it were its own
-        envelope.spool = spool
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push(status)
-
-    async def push(self, status):
-        data_error = status in DATA_ERRORS
-        if status in TOO_BIG:
-            log.info("refused proto=%s %s code=552 reason=too-big", self.proto, _who(self.session, self.envelope))
-            status = f"552 5.3.4 Message too big for this system (max {self.data_size_limit} bytes)"
-        if self.proto == "lmtp" and data_error:
-            status = "\r\n".join([status] * max(1, len(self._current().rcpt_tos)))
-        await super().push(status)
-
-    def data_received(self, data: bytes) -> None:
-        nl = data.rfind(b"\n")
-        self._unbroken = self._unbroken + len(data) if nl < 0 else len(data) - nl - 1
-        if self._unbroken > LINE_GUARD:
-            log.info("refused proto=%s %s code=500 reason=line-too-long", self.proto, _who(self.session, self.envelope))
-            self._hang_up(b"500 5.5.2 Line too long, closing connection\r\n")
-            return
-        super().data_received(data)
-
-
-class SmtpServer(_Precise):
-    proto = "smtp"
-
-
-class LmtpServer(_Precise, LMTP):
-    proto = "lmtp"
-
-    async def smtp_LHLO(self, arg: str) -> None:
-        if not self._idle():
-            await super().smtp_LHLO(arg)
 
 
 @dataclass(frozen=True)
@@ -433,7 +216,7 @@ def listeners(settings: Settings, intake: Intake) -> list[Listener]:
     return out
 
 
-def _factory(server: type[_Precise], handler: Handler, slots: SessionSlots,
+def _factory(server: type[LimitedSMTP], handler: Handler, slots: SessionSlots,
              options: dict[str, Any]) -> Callable[[], asyncio.Protocol]:
     """A new session when the listener's pool has a slot; otherwise a Refusal (421)."""
 
