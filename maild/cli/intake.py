@@ -16,7 +16,7 @@ from maild.db import first_line, is_transient
 from maild.ingest.stages.classify import OwnMail, classify
 from maild.ingest.intake import Incoming, accept_many
 from maild.ingest.stages.parse import as_json as parsed_json
-from maild.ingest.stages.parse import parse
+from maild.ingest.stages.parse import NestingTooDeep, parse
 from maild.ingest.sources import SourceError, open_source
 from maild.cli import EX_DATAERR, EX_TEMPFAIL, json_option, main, print_json, with_optional_settings, with_settings
 
@@ -147,11 +147,23 @@ def parse_cmd(settings: Settings | None, as_json: bool, file: str) -> None:
     limit = settings.ingest.max_message_size if settings else IngestConfig().max_message_size
     with open(file, "rb") as fh:
         raw = _read_limited(fh, limit, file)
-    msg = parse(raw)
-    if msg.message is None:  # parse keeps the MIME tree for classify; a record without one is a bug
-        raise click.ClickException(f"{file}: the parser kept no message to classify")
     own = OwnMail(settings.own_addresses, settings.message_id_domain) if settings else OwnMail(frozenset(), None)
-    cls = classify(msg.message, msg.from_.email if msg.from_ else None, own)
+    stage = "parse"
+    try:
+        msg = parse(raw)
+        if msg.message is None:  # parse keeps the MIME tree for classify; a record without one is a bug
+            raise click.ClickException(f"{file}: the parser kept no message to classify")
+        stage = "classify"
+        cls = classify(msg.message, msg.from_.email if msg.from_ else None, own)
+    except (NestingTooDeep, RecursionError):
+        click.echo(f"maild: {file}: MIME parts nested too deeply to read", err=True)
+        sys.exit(EX_DATAERR)
+    except click.ClickException:
+        raise
+    except Exception as exc:  # input the stages cannot read: what the quarantine would record
+        click.echo(f"maild: {file}: cannot read the message ({stage}): {type(exc).__name__}: {first_line(exc)}",
+                   err=True)
+        sys.exit(EX_DATAERR)
     data = parsed_json(msg, cls.auto, cls.bounce.as_json() if cls.bounce else None)
     if as_json:
         print_json(data)

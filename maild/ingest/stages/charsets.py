@@ -6,7 +6,9 @@ declared name then fails or yields U+FFFD. This module decodes with the
 superset each label is used for in practice (as WHATWG's encoding standard and
 mail clients do), detects ISO-2022-JP sent without a label, and falls back to
 charset_normalizer's guess when nothing fits. It never raises; every guess and
-every replacement is recorded as a defect.
+every replacement is recorded as a defect. A label that names one of Python's
+codecs that are no text encodings (zlib, base64, hex, rot13, uu, bz2: bytes to
+bytes) or that read no mail text (undefined, idna, punycode) counts as unknown.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ SUPERSETS = {
     "utf8": "utf-8",
 }
 
+# Text codecs that no mail is written in: they fail on any ordinary text.
+_NOT_CHARSETS = frozenset({"undefined", "idna", "punycode"})
 _GUESS_BYTES = 64 * 1024  # what charset_normalizer looks at for a guess
 _ESC_JIS = (b"\x1b$B", b"\x1b$@", b"\x1b(J", b"\x1b(B", b"\x1b$(D")
 
@@ -57,8 +61,11 @@ def codec_for(charset: str | None) -> str | None:
     name = charset.strip().strip("\"'").lower()
     name = SUPERSETS.get(name, name)
     try:
-        codec = codecs.lookup(name).name
+        info = codecs.lookup(name)
     except (LookupError, ValueError):
+        return None
+    codec = info.name
+    if not info._is_text_encoding or codec in _NOT_CHARSETS:  # zlib, base64, hex, ...: bytes to bytes
         return None
     if codec in ("iso2022_jp", "iso2022_jp_1", "iso2022_jp_2", "iso2022_jp_3"):
         return "iso2022_jp_ext"  # ESC ( I half-width katakana, as Outlook sends it
@@ -86,7 +93,7 @@ def decode_bytes(data: bytes, charset: str | None, defects: list[str], what: str
     if codec is not None:
         try:
             return data.decode(codec)
-        except UnicodeDecodeError:
+        except (UnicodeError, LookupError):  # not only UnicodeDecodeError: some codecs raise their own
             defects.append(f"{what}: not valid {charset[:40]!r}" if charset else f"{what}: not valid {codec}")
     if looks_iso2022jp(data):
         try:
@@ -126,4 +133,7 @@ def _guess(data: bytes, declared: str | None, defects: list[str], what: str) -> 
             return text
     fallback = declared or "cp1252"
     defects.append(f"{what}: undecodable bytes replaced ({fallback})")
-    return data.decode(fallback, errors="replace")
+    try:
+        return data.decode(fallback, errors="replace")
+    except (UnicodeError, LookupError):  # a codec without the "replace" handler
+        return data.decode("cp1252", errors="replace")

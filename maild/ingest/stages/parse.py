@@ -20,7 +20,7 @@ from mailparser.dates import parse_mail_date
 
 from maild.ingest.stages import headers
 from maild.ingest.stages.html import html_texts
-from maild.ingest.stages.parts import Body, safe_filename
+from maild.ingest.stages.parts import Body, cap_parts, safe_filename
 from maild.ingest.stages.quotes import new_text as strip_quotes
 from maild.ingest.stages.records import ParsedMessage
 from maild.ingest.stages.senders import ADDR_RE, address_header, recover_sender
@@ -89,11 +89,12 @@ def parse(
     """Read one message. envelope_from is the SMTP MAIL FROM where the transport kept it:
     the last place a sender is looked for when the headers name none. own_names (our
     mailbox addresses and display names) mark reply attributions that quote us."""
+    read, cut = cap_parts(raw)
     try:
-        msg = email.message_from_bytes(raw)
+        msg = email.message_from_bytes(read)
     except RecursionError:
         raise NestingTooDeep("MIME parts nested too deeply to parse") from None
-    defects = [type(d).__name__ for d in msg.defects]
+    defects = [type(d).__name__ for d in msg.defects] + ([cut] if cut else [])
     from_ = address_header(msg, "From", defects)
     sender = recover_sender(msg, from_, envelope_from, defects)
     to, cc = address_header(msg, "To", defects), address_header(msg, "Cc", defects)
@@ -101,7 +102,10 @@ def parse(
     date = _date(msg, defects)
     subject = headers.decode(msg.get("Subject", ""), defects, "Subject")[:1000]
     body = Body()
-    body.walk(msg)
+    try:
+        body.walk(msg)
+    except RecursionError:  # the walk itself is flat; this guards what it calls
+        raise NestingTooDeep("MIME parts nested too deeply to walk") from None
     defects += body.defects
     text, fresh, html = _body_texts(body, defects, tuple(own_names))
     return ParsedMessage(

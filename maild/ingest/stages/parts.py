@@ -1,7 +1,15 @@
 """The MIME tree of one message: its body texts and its attachments.
 
 Walks the tree without recursion (hostile nesting must not blow the stack),
-never calls a container an attachment, names every file as its sender meant
+and copies an attached message out without recursion when the stdlib's
+generator runs out of stack (flat_bytes: a few hundred messages attached in one
+another do that). Before the stdlib builds the tree, cap_parts cuts a message
+with more than MAX_BOUNDARY_LINES lines that begin with "--" (each MIME part
+starts at one) just before the next such line: the stdlib would otherwise
+build every part, a million tiny ones costing seconds and hundreds of MB,
+before the walk's own cap applies. The headers and the parts before the cut
+are read; the rest stays in the raw message, with a defect. It never calls a
+container an attachment, names every file as its sender meant
 (Content-Disposition filename with RFC 2231, then Content-Type name, then
 Content-Location, then a generated name with the type's extension), keeps a
 forwarded message whole under its subject, and opens winmail.dat. It never
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import email
 import email.message
+import email.parser
 import mimetypes
 import re
 import urllib.parse
@@ -28,7 +37,59 @@ _MIME_DB = mimetypes.MimeTypes()  # Python's own table only: the same names on e
 _TEXT_REPORTS = ("text/rfc822-headers", "text/rfc822-header", "message/delivery-status", "message/rfc822-headers")
 _BOUNDARY_LINE = re.compile(r"^--([^\s]{1,200}?)(?:--)?[ \t\r]*$", re.M)
 _MAX_PARTS = 1000  # MIME parts walked; the rest stays in the raw message, with a defect
+MAX_BOUNDARY_LINES = 10_000  # lines starting "--" read; the message is cut before the next one
+_DASH_LINE = re.compile(rb"[\r\n]--")
 _RECOVER_DEPTH = 8  # multiparts with a lost boundary re-read within one another
+
+
+def cap_parts(raw: bytes) -> tuple[bytes, str | None]:
+    """raw, or raw cut before its (MAX_BOUNDARY_LINES + 1)-th line starting with "--"
+    (with CRLF, LF or bare CR line ends alike), and the defect that says so."""
+    if raw.count(b"\n--") + raw.count(b"\r--") <= MAX_BOUNDARY_LINES:
+        return raw, None
+    for n, found in enumerate(_DASH_LINE.finditer(raw)):
+        if n == MAX_BOUNDARY_LINES:
+            cut = found.start() + 1
+            return raw[:cut], (
+                f"more than {MAX_BOUNDARY_LINES} MIME boundary lines; read the first {cut} bytes, "
+                "the rest left in the raw message"
+            )
+    return raw, None
+
+
+def _raw_payload(part: Message) -> object:
+    """The payload as the parser left it (8-bit bytes as surrogate escapes): get_payload()
+    would decode 8-bit text with the declared charset, which fails on a hostile one."""
+    return getattr(part, "_payload", None)
+
+
+def flat_bytes(message: Message) -> bytes:
+    """A message as bytes, written without recursion: the stdlib's generator recurses
+    once per attached message and runs out of stack a few hundred levels down."""
+    out: list[bytes] = []
+    todo: list[Message | bytes] = [message]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, bytes):
+            out.append(item)
+            continue
+        out.extend(item.policy.fold_binary(name, value) for name, value in item.raw_items())
+        out.append(b"\n")
+        payload = _raw_payload(item)
+        if not isinstance(payload, list):
+            out.append(str(payload or "").encode("utf-8", "surrogateescape"))
+            continue
+        children = [c for c in payload if isinstance(c, Message)]
+        if item.get_content_maintype() != "multipart":  # message/rfc822: the message itself
+            todo.extend(reversed(children))
+            continue
+        line = f"--{item.get_boundary() or 'boundary'}".encode("utf-8", "surrogateescape")
+        pieces: list[Message | bytes] = [str(item.preamble or "").encode("utf-8", "surrogateescape")]
+        for child in children:
+            pieces += [line + b"\n", child, b"\n"]
+        pieces.append(line + b"--\n" + str(item.epilogue or "").encode("utf-8", "surrogateescape"))
+        todo.extend(reversed(pieces))
+    return b"".join(out)
 
 
 def safe_filename(name: str, fallback: str) -> str:
@@ -67,6 +128,18 @@ def payload_bytes(part: Message) -> bytes:
     return str(data or "").encode("utf-8", "surrogateescape")
 
 
+def _sent_bytes(part: Message) -> bytes:
+    """A leaf's payload as it was sent, transfer encoding and all."""
+    return str(_raw_payload(part) or "").encode("utf-8", "surrogateescape")
+
+
+def _charset(part: Message) -> str | None:
+    try:
+        return part.get_content_charset()
+    except Exception:  # a malformed parameter: read as unlabelled
+        return None
+
+
 def filename(part: Message) -> str | None:
     for name, header in (("filename", "content-disposition"), ("name", "content-type")):
         value = _param(part, name, header)
@@ -74,7 +147,10 @@ def filename(part: Message) -> str | None:
             return value
     location = part.get("Content-Location")
     if location:
-        path = urllib.parse.urlsplit(decode(location)).path
+        try:
+            path = urllib.parse.urlsplit(decode(location)).path
+        except ValueError:  # "Invalid IPv6 URL" and the like: no name from it
+            return None
         last = urllib.parse.unquote(path.rstrip("/").rsplit("/", 1)[-1])
         if last.strip():
             return last
@@ -105,7 +181,7 @@ class Body:
             if part is not message:
                 self.defects.extend(type(d).__name__ for d in part.defects)
             ctype = part.get_content_type()
-            payload = part.get_payload()
+            payload = _raw_payload(part)
             if ctype in _TEXT_REPORTS:
                 self._report(part, ctype)
             elif part.get_content_maintype() == "message" and ctype != "message/external-body":
@@ -121,44 +197,51 @@ class Body:
     def _recover(self, part: Message, depth: int) -> list[Message]:
         """A multipart whose boundary is lost: re-read it with the first boundary line
         in its body, else keep its body as text. Never an attachment."""
-        text = part.get_payload()
+        text = _raw_payload(part)
         text = text if isinstance(text, str) else ""
         found = _BOUNDARY_LINE.search(text)
         if found and depth < _RECOVER_DEPTH:
             self.defects.append(f"{part.get_content_type()}: boundary not found; read with {found.group(1)[:40]!r}")
             wrapper = f'Content-Type: {part.get_content_type()}; boundary="{found.group(1)}"\n\n'
-            children = email.message_from_string(wrapper + text).get_payload()
+            try:
+                children = email.message_from_string(wrapper + text).get_payload()
+            except RecursionError:
+                children = None
+                self.defects.append(f"{part.get_content_type()}: parts nested too deeply to read")
             if isinstance(children, list) and children:
                 return [c for c in children if isinstance(c, Message)]
         self.defects.append(f"{part.get_content_type()}: no parts found; body kept as text")
         data = payload_bytes(part)
         if data.strip():
-            self.plain.append(decode_bytes(data, part.get_content_charset(), self.defects))
+            self.plain.append(decode_bytes(data, _charset(part), self.defects))
         return []
 
     def _report(self, part: Message, ctype: str) -> None:
         """Returned headers and delivery status: readable text files."""
-        payload = part.get_payload()
+        payload = _raw_payload(part)
         try:
             if isinstance(payload, list):  # compat32 reads a delivery-status as header blocks
                 data = b"\n".join(p.as_bytes() for p in payload if isinstance(p, Message))
             else:
                 data = payload_bytes(part)
         except Exception:
-            data = str(payload).encode("utf-8", "surrogateescape")
+            data = flat_bytes(part).partition(b"\n\n")[2] if isinstance(payload, list) else _sent_bytes(part)
         n = len(self.attachments) + 1
         name = filename(part)
         self.attachments.append(Attachment(safe_filename(name or "", f"attachment-{n}.txt"), ctype, data))
 
     def _attach_message(self, part: Message) -> None:
-        payload = part.get_payload()
+        payload = _raw_payload(part)
         inner = payload[0] if isinstance(payload, list) and payload and isinstance(payload[0], Message) else None
         try:
             data = inner.as_bytes() if inner is not None else payload_bytes(part)
+        except RecursionError:  # messages attached in one another, hundreds deep
+            data = flat_bytes(inner) if inner is not None else _sent_bytes(part)
         except Exception:
-            data = str(inner).encode("utf-8", "surrogateescape")
-        if inner is None and data:
-            inner = email.message_from_bytes(data[:64 * 1024])  # its headers, for the subject
+            data = flat_bytes(inner) if inner is not None else _sent_bytes(part)
+            self.defects.append(f"{part.get_content_type()}: not readable as sent; kept as sent")
+        if inner is None and data:  # its headers, for the subject
+            inner = email.parser.BytesParser().parsebytes(data[:64 * 1024], headersonly=True)
         subject = decode(inner.get("Subject", ""), self.defects, "attached Subject") if inner is not None else ""
         name = filename(part) or (subject[:180] + ".eml" if subject.strip() else "")
         n = len(self.attachments) + 1
@@ -170,14 +253,10 @@ class Body:
         try:
             data = payload_bytes(part)
         except Exception:
-            data = str(part.get_payload()).encode("utf-8", "surrogateescape")
+            data = _sent_bytes(part)
             self.defects.append(f"{ctype}: payload not decodable; kept as sent")
         if ctype in ("text/plain", "text/html") and disposition != "attachment" and not name:
-            try:
-                charset = part.get_content_charset()
-            except Exception:
-                charset = None
-            text = decode_bytes(data, charset, self.defects)
+            text = decode_bytes(data, _charset(part), self.defects)
             (self.plain if ctype == "text/plain" else self.html).append(text)
             return
         if (ctype == "application/ms-tnef" or (name or "").lower() == "winmail.dat") and self._tnef(data):
