@@ -4,16 +4,19 @@ SMTP sink as its relay, and a small cookie-keeping HTTP client over loopback."""
 from __future__ import annotations
 
 import http.client
+import logging
 import json
 import re
 import smtplib
 import time
 from email.message import EmailMessage
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlencode
 
 from conftest import SECRET, write_config
-from daemon_helpers import ACK_OFF_MAILBOXES, free_port
+from daemon_helpers import ACK_OFF_MAILBOXES, Db, InProcess, free_port
+from test_outbound import SinkProcess
 
 LINK_RE = re.compile(r"(http://127\.0\.0\.1:\d+/signin/\S+)")
 
@@ -45,11 +48,18 @@ def send(smtp_port: int, data: bytes, to: str = "support@acme.test", frm: str = 
         s.sendmail(frm, [to], data)
 
 
-def wait_for_mail(sink, to: str, count: int = 1, timeout: float = 60) -> list:
-    """The messages the sink got for `to`, once there are `count` of them."""
+SIGNIN_SUBJECT = "Your maild sign-in link"
+
+
+def wait_for_mail(sink, to: str, count: int = 1, timeout: float = 60, subject: str | None = None,
+                  text: str | None = None) -> list:
+    """The messages the sink got for `to` (with `subject` in their Subject, `text` in their body), once
+    there are `count` of them."""
     deadline = time.monotonic() + timeout
     while True:
-        got = [msg for env, msg in sink.messages() if to in env["to"]]
+        got = [msg for env, msg in sink.messages()
+               if to in env["to"] and (subject is None or subject in str(msg["Subject"]))
+               and (text is None or text in msg.get_body(("plain",)).get_content())]
         if len(got) >= count:
             return got
         assert time.monotonic() < deadline, f"no {count} mail(s) to {to} at the sink after {timeout}s"
@@ -114,7 +124,7 @@ def csrf_of(html: str) -> str:
 def sign_in(client: Client, sink, address: str = "alice@acme.test", count: int = 1) -> str:
     """The whole sign-in by mail: ask, take the link from the sink, confirm; returns the link used."""
     assert client.post("/signin", {"address": address}).status == 200
-    link = signin_link(wait_for_mail(sink, address, count)[-1])
+    link = signin_link(wait_for_mail(sink, address, count, subject=SIGNIN_SUBJECT)[-1])
     path = link.split(str(client.port), 1)[1]
     assert client.get(path).status == 200
     resp = client.post(path)
@@ -122,4 +132,29 @@ def sign_in(client: Client, sink, address: str = "alice@acme.test", count: int =
     return path
 
 
-__all__ = ["SECRET"]
+@dataclass
+class Running:
+    client: Client
+    smtp_port: int
+    sink: SinkProcess
+    db: Db
+    config: object
+
+
+def running_console(tmp_path, db_url, monkeypatch, caplog):
+    """The body of each test module's `console` fixture: yields a Running console, stops it after."""
+    from maild.config import load
+    from maild.daemon import build_daemon
+    monkeypatch.setenv("MAILD_SECRET", SECRET)
+    caplog.set_level(logging.INFO)  # as `maild run` logs: /metrics counts the SMTP edge's lines
+    sink = SinkProcess(tmp_path / "sink", free_port())
+    sink.folder.mkdir()
+    sink.start()
+    path, smtp_port, web_port = console_config(tmp_path, db_url, sink.port)
+    db = Db(db_url)
+    try:
+        with InProcess(build_daemon(load(path))):
+            yield Running(Client(web_port), smtp_port, sink, db, path)
+    finally:
+        db.close()
+        sink.stop()

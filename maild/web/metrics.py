@@ -2,7 +2,7 @@
 
 The numbers that live in the database (backlog, oldest pending message,
 messages by outcome, quarantine, outbox rows by status, delivery latency) are
-read on each scrape by a custom collector, so they are right whichever process
+read on each scrape by a custom collector (with turnaround breaches and failing self-tests), so they are right whichever process
 wrote them. SMTP sessions are counted by the daemon (`Daemon.sessions_opened`);
 accepted and refused transactions are counted from the SMTP edge's log lines,
 whose `code=` and `reason=` fields the README documents, so the edge needs no
@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild.models import OutboxMessage, RawMessage, utcnow
+from maild.models import Issue, OutboxMessage, RawMessage, SelftestAlert, TurnaroundNotice, utcnow
 from maild.outbound.outbox import OUTBOX_STATUSES
 from maild.timefmt import aware
 
@@ -70,6 +70,7 @@ class DatabaseCollector(Collector):
         with self.sessions() as session:
             yield from self._raw(session)
             yield from self._outbox(session)
+            yield from self._turnaround(session)
         yield from self._smtp()
 
     def _raw(self, session: Session):
@@ -117,6 +118,24 @@ class DatabaseCollector(Collector):
         hist = HistogramMetricFamily("maild_delivery_seconds", "Seconds from queueing to the relay's acceptance.")
         hist.add_metric([], buckets, sum_value=float(total))
         return hist
+
+    def _turnaround(self, session: Session):
+        breached = GaugeMetricFamily("maild_issues_breached", "Issues not closed that missed a turnaround target.")
+        breached.add_metric([], session.scalar(select(func.count(Issue.id)).where(
+            Issue.status != "closed", Issue.breached_at.is_not(None))) or 0)
+        yield breached
+        notices = CounterMetricFamily("maild_turnaround_notices", "Turnaround reminders and escalations sent.",
+                                      labels=["target", "kind"])
+        for target, kind, n in session.execute(select(TurnaroundNotice.target, TurnaroundNotice.kind, func.count())
+                                               .group_by(TurnaroundNotice.target, TurnaroundNotice.kind)):
+            notices.add_metric([target, kind], n)
+        yield notices
+        failing = GaugeMetricFamily("maild_selftest_failing", "Support addresses whose self-test probes stopped "
+                                    "coming back in time (1 each; none listed when all are well).",
+                                    labels=["mailbox", "address"])
+        for mailbox, address in session.execute(select(SelftestAlert.mailbox, SelftestAlert.address).limit(1000)):
+            failing.add_metric([mailbox, address], 1)
+        yield failing
 
     def _smtp(self):
         accepted, refused = self.smtp.snapshot()

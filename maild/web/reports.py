@@ -13,10 +13,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild.models import Action, Interaction, Issue, utcnow
+from maild.models import Issue, utcnow
 from maild.reports import REPORTS, FilterError, Filters, ReportError, Targets, key_statistics, run_report
 from maild.reports.charts import chart_svg
 from maild.reports.stats import STATISTIC_LABELS
@@ -52,13 +52,10 @@ def statistics(stats: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def breaching(session: Session, targets: Targets) -> list[int]:
-    """Open or pending issues with no reply yet, past the first-response target: oldest first."""
-    replied = exists(select(Action.id).join(Interaction, Interaction.id == Action.interaction_id).where(
-        Action.issue_id == Issue.id, Interaction.direction == "outbound", Interaction.auto_generated.is_(False)))
-    due = utcnow() - timedelta(hours=targets.first_response_hours)
-    return list(session.scalars(select(Issue.id).where(Issue.status != "closed", ~replied, Issue.opened_at < due)
-                                .order_by(Issue.opened_at, Issue.id).limit(BREACHING_LIMIT)))
+def breaching(session: Session) -> list[int]:
+    """Issues not closed that missed a turnaround target (desk/turnaround records when): longest first."""
+    return list(session.scalars(select(Issue.id).where(Issue.status != "closed", Issue.breached_at.is_not(None))
+                                .order_by(Issue.breached_at, Issue.id).limit(BREACHING_LIMIT)))
 
 
 class ReportPages:
@@ -76,7 +73,7 @@ class ReportPages:
 
         def read(session: Session) -> dict[str, Any]:
             stats = key_statistics(session, utcnow(), self.targets)
-            return {"stats": statistics(stats), "breaching": issues_by_id(session, breaching(session, self.targets))}
+            return {"stats": statistics(stats), "breaching": issues_by_id(session, breaching(session))}
 
         out = await console.query(read)
         out["report_links"] = [{"name": s.name, "title": s.title, "description": s.description}

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import db
@@ -130,7 +131,9 @@ def make_app(console: Console) -> web.Application:
         h = response.headers
         h.setdefault("Content-Security-Policy", CSP)
         h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "no-referrer"  # sign-in links carry their token in the path
+        # Sign-in links carry their token in the path: never sent to another site. (no-referrer would
+        # also make browsers send "Origin: null" on our own form posts.)
+        h["Referrer-Policy"] = "same-origin"
         h["X-Frame-Options"] = "DENY"
         if request.path.startswith("/static/"):
             h["Cache-Control"] = "public, max-age=3600"
@@ -155,8 +158,8 @@ def set_session(response: web.StreamResponse, console: Console, value: str | Non
 class WebService:
     """The console as a part of `maild run`: started after the mail listeners, stopped before them."""
 
-    def __init__(self, console: Console) -> None:
-        self.console = console
+    def __init__(self, console: Console, engine: Engine | None = None) -> None:
+        self.console, self.engine = console, engine  # the pages' read engine, disposed at stop
         self.address = console.settings.web.listen or ""
         self._runner: web.AppRunner | None = None
 
@@ -183,6 +186,8 @@ class WebService:
             await self._runner.cleanup()
             self._runner = None
         self.console.pool.shutdown(wait=False, cancel_futures=True)
+        if self.engine is not None:
+            self.engine.dispose()
 
 
 def web_service(settings: Settings, sessions: sessionmaker[Session], signer: TokenSigner | None,
@@ -196,7 +201,8 @@ def web_service(settings: Settings, sessions: sessionmaker[Session], signer: Tok
     if not settings.web.listen:
         return None
     secret = settings.secret()  # a ConfigError naming security.secret_env when unset or short
-    read = db.session_factory(db.make_engine(settings.database.url, write_first=False))
+    engine = db.make_engine(settings.database.url, write_first=False)
+    read = db.session_factory(engine)
     policy = OutboxPolicy.from_settings(settings)
     base_url = settings.web.public_url or f"http://{settings.web.listen}"
     signin = Signin(settings, secret, sessions, policy, base_url)
@@ -211,4 +217,4 @@ def web_service(settings: Settings, sessions: sessionmaker[Session], signer: Tok
     from maild.web import reports
     console = Console(settings, read, sessions, signin, Metrics(read, sessions_opened), listening,
                       mail_issue if signer is not None else None, reports.pages(settings))
-    return WebService(console)
+    return WebService(console, engine)
