@@ -18,6 +18,7 @@ from sqlalchemy import select as sql_select
 
 from conftest import REPO
 from daemon_helpers import InProcess, Maild, daemon_config, message, ports_of, smtp_client
+from maild.ingest.smtp_guards import peer_key
 
 
 @pytest.fixture
@@ -106,6 +107,17 @@ def test_idle_sessions_from_one_address_stop_at_max_sessions_per_ip_and_other_ad
     db.wait_processed(1)
     assert db.inbound_subjects() == {"From another address": 1}
     assert "peer=127.0.0.2 code=421 reason=too-many-sessions-per-ip limit=3" in maild.log
+
+
+@pytest.mark.parametrize(("peer", "counted_as"), [
+    ("127.0.0.2", "127.0.0.2"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),  # an IPv4 client on a dual-stack listener
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),  # a client cannot walk its /64 past the cap
+    ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),
+    ("fe80::1%eth0", "fe80::/64"),
+])
+def test_max_sessions_per_ip_counts_an_ipv6_client_by_its_64(peer, counted_as):
+    assert peer_key(peer) == counted_as
 
 
 def test_lmtp_hand_off_is_served_while_smtp_is_full_and_has_no_per_ip_cap(start, db):
