@@ -149,3 +149,13 @@ def test_report_page_has_its_chart_and_filters_in_the_url(console):
     assert c.get("/reports/no-such-report").status == 404
 
 
+
+
+def test_console_without_the_signing_secret_is_a_config_error(tmp_path, db_url):
+    from conftest import run_maild
+    from web_helpers import console_config
+
+    path, _, _ = console_config(tmp_path, db_url, 25)
+    result = run_maild("run", "-c", str(path), env={"MAILD_SECRET": ""})
+    assert result.returncode == 78, result.stderr
+    assert b"MAILD_SECRET" in result.stderr and b"Traceback" not in result.stderr

@@ -6,7 +6,10 @@ link and "mail me this issue".
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from email.utils import encode_rfc2231
 from typing import Any
 
@@ -52,18 +55,42 @@ def add_routes(app: web.Application, console: Console) -> None:
         console.reports.add_routes(app, console)
 
 
+class Snapshot:
+    """A value shared by the requests of a few seconds: the front page's figures are the same for
+    every rep, so reps opening it at once cost one set of queries (computed once, never in parallel)."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl, self.value, self.at = ttl, None, -1e9
+        self._lock: asyncio.Lock | None = None
+
+    async def get(self, compute: Callable[[], Awaitable[Any]]) -> Any:
+        if time.monotonic() - self.at < self.ttl:
+            return self.value
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            if time.monotonic() - self.at >= self.ttl:
+                self.value, self.at = await compute(), time.monotonic()
+            return self.value
+
+
+FRONT_TTL = 2.0  # seconds a front page's figures are shared
+
+
 class Handlers:
     def __init__(self, console: Console) -> None:
         self.c = console
+        self.front_page = Snapshot(FRONT_TTL)
 
     # -- pages ----------------------------------------------------------------------------
 
     async def front(self, request: web.Request) -> web.Response:
-        attention = await self.c.query(queries.attention)
-        extra: dict[str, Any] = {}
+        return self.c.render(request, "front.html", **await self.front_page.get(self._front_data))
+
+    async def _front_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"attention": await self.c.query(queries.attention)}
         if self.c.reports is not None:
-            extra = await self.c.reports.front(self.c)
-        return self.c.render(request, "front.html", attention=attention, **extra)
+            data.update(await self.c.reports.front(self.c))
+        return data
 
     async def issue(self, request: web.Request) -> web.Response:
         issue = await self.c.query(queries.issue_page, _id(request))
