@@ -109,6 +109,7 @@ def test_issue_page_attachment_and_security_headers(console):
     found = c.get("/search?q=printer")
     assert found.status == 200 and "/issues/1" in found.text
     assert "/issues/1" in c.get("/search?q=pat%40example").text  # by the customer's address
+    assert "/issues/1" in c.get("/search?q=burns").text  # by the text of its mail (the full-text index)
     assert "/issues/1" not in c.get("/search?q=toaster").text
 
 

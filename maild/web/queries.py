@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from maild.customers.admin import live
 from maild.customers.queries import customer_json, list_issues_for_customer, search_customers
+from maild.desk.search import SearchError, search_issues
 from maild.models import (
     Action, Attachment, Blob, Customer, CustomerAddress, Interaction, Issue, OutboxMessage, Rep,
 )
@@ -150,14 +151,24 @@ def customer_page(session: Session, customer_id: int) -> dict | None:
 
 
 def search(session: Session, text: str) -> dict:
-    """Issues whose subject, or whose customer's name or address, contains the text; and matching customers."""
+    """Issues by the full-text index of their mail (desk.search: best first, with a snippet), then issues
+    whose subject, or whose customer's name or address, contains the text; and matching customers."""
     text = text.strip()[:200]
     if not text:
         return {"issues": [], "customers": []}
+    try:
+        hits = search_issues(session, text, limit=SEARCH_LIMIT)
+    except SearchError:  # no word to look for (only punctuation): the plain match below still runs
+        hits = []
     like = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     customers_matching = (select(CustomerAddress.customer_id).where(func.lower(CustomerAddress.email).like(like, escape="\\"))
                           .union(select(Customer.id).where(func.lower(Customer.name).like(like, escape="\\"))))
-    query = (select(Issue).where(or_(func.lower(Issue.subject).like(like, escape="\\"),
-                                     Issue.customer_id.in_(customers_matching)))
-             .order_by(Issue.id.desc()).limit(SEARCH_LIMIT))
-    return {"issues": _briefs(session, query), "customers": search_customers(session, text, limit=SEARCH_LIMIT)}
+    plain = session.scalars(select(Issue.id).where(or_(func.lower(Issue.subject).like(like, escape="\\"),
+                                                       Issue.customer_id.in_(customers_matching)))
+                            .order_by(Issue.id.desc()).limit(SEARCH_LIMIT))
+    snippets = {h["id"]: h.get("snippet") or "" for h in hits}
+    ids = list(dict.fromkeys([*snippets, *plain]))[:SEARCH_LIMIT]
+    issues = issues_by_id(session, ids)
+    for issue in issues:
+        issue["snippet"] = snippets.get(issue["id"], "")
+    return {"issues": issues, "customers": search_customers(session, text, limit=SEARCH_LIMIT)}
