@@ -6,7 +6,7 @@ read on each scrape by a custom collector (with turnaround breaches and failing 
 wrote them. SMTP sessions are counted by the daemon (`Daemon.sessions_opened`);
 accepted and refused transactions are counted from the SMTP edge's log lines,
 whose `code=` and `reason=` fields the README documents, so the edge needs no
-knowledge of metrics. Metric names start with `maild_`.
+knowledge of metrics (`maild run` always logs at INFO or below, so none is missed). Metric names start with `maild_`.
 """
 
 from __future__ import annotations

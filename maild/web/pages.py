@@ -57,20 +57,32 @@ def add_routes(app: web.Application, console: Console) -> None:
 
 class Snapshot:
     """A value shared by the requests of a few seconds: the front page's figures are the same for
-    every rep, so reps opening it at once cost one set of queries (computed once, never in parallel)."""
+    every rep, so reps opening it at once cost one set of queries. Once there is a value, a stale one
+    is served while a single refresh runs in the background; only the very first request waits."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl, self.value, self.at = ttl, None, -1e9
         self._lock: asyncio.Lock | None = None
+        self._refreshing: asyncio.Task | None = None
 
     async def get(self, compute: Callable[[], Awaitable[Any]]) -> Any:
-        if time.monotonic() - self.at < self.ttl:
+        if self.value is not None:
+            stale = time.monotonic() - self.at >= self.ttl
+            if stale and (self._refreshing is None or self._refreshing.done()):
+                self._refreshing = asyncio.ensure_future(self._refresh(compute))
             return self.value
         self._lock = self._lock or asyncio.Lock()
         async with self._lock:
-            if time.monotonic() - self.at >= self.ttl:
+            if self.value is None:
                 self.value, self.at = await compute(), time.monotonic()
             return self.value
+
+    async def _refresh(self, compute: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            self.value = await compute()
+        except Exception:  # the figures stay as they were; tried again after ttl
+            log.exception("front page figures not refreshed")
+        self.at = time.monotonic()
 
 
 FRONT_TTL = 2.0  # seconds a front page's figures are shared
