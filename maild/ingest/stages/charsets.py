@@ -9,11 +9,14 @@ charset_normalizer's guess when nothing fits. It never raises; every guess and
 every replacement is recorded as a defect. A label that names one of Python's
 codecs that are no text encodings (zlib, base64, hex, rot13, uu, bz2: bytes to
 bytes) or that read no mail text (undefined, idna, punycode) counts as unknown.
+What it returns can be stored: no NUL (PostgreSQL text refuses it) and no lone
+surrogate (no database encodes one; UTF-7 and the escape codecs make them).
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 
 from charset_normalizer import from_bytes
 
@@ -50,6 +53,7 @@ SUPERSETS = {
 
 # Text codecs that no mail is written in: they fail on any ordinary text.
 _NOT_CHARSETS = frozenset({"undefined", "idna", "punycode"})
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _GUESS_BYTES = 64 * 1024  # what charset_normalizer looks at for a guess
 _ESC_JIS = (b"\x1b$B", b"\x1b$@", b"\x1b(J", b"\x1b(B", b"\x1b$(D")
 
@@ -72,19 +76,30 @@ def codec_for(charset: str | None) -> str | None:
     return codec
 
 
+def storable(text: str) -> str:
+    """text without NUL characters, each lone surrogate replaced by U+FFFD."""
+    if _UNSTORABLE.search(text) is None:
+        return text
+    return _UNSTORABLE.sub(lambda m: "" if m.group() == "\x00" else "\ufffd", text)
+
+
 def looks_iso2022jp(data: bytes) -> bool:
     """7-bit data with ISO-2022-JP escape sequences: Japanese mail sent without a charset."""
     return b"\x1b" in data and any(esc in data for esc in _ESC_JIS) and max(data, default=0) < 0x80
 
 
 def decode_bytes(data: bytes, charset: str | None, defects: list[str], what: str = "body") -> str:
-    """Text of `data` labelled `charset` (None when unlabelled). Never raises.
+    """Text of `data` labelled `charset` (None when unlabelled), storable. Never raises.
 
     The declared charset's superset first; then ISO-2022-JP when its escapes
     are there, UTF-8, and for unlabelled data Windows-1252 (what unlabelled
     8-bit mail nearly always is). Data whose label is unknown or wrong gets
     charset_normalizer's guess when there is enough of it to guess from.
     """
+    return storable(_decode(data, charset, defects, what))
+
+
+def _decode(data: bytes, charset: str | None, defects: list[str], what: str) -> str:
     if not data:
         return ""
     codec = codec_for(charset)

@@ -10,7 +10,8 @@ output: the rest of the header is kept raw, and the caller gets a defect.
 RFC 2047 section 6.2: whitespace between two adjacent encoded words is
 dropped; adjacent words in the same charset are joined as bytes before
 decoding, so a multibyte character split across two words decodes whole.
-Charsets are read through their supersets (charsets.py).
+Charsets are read through their supersets (charsets.py). What comes out
+can be stored: no NUL, no lone surrogate.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import binascii
 import email.header
 import re
 
-from maild.ingest.stages.charsets import decode_bytes
+from maild.ingest.stages.charsets import decode_bytes, storable
 
 MAX_WORDS = 1000  # encoded words decoded per header
 MAX_CHARS = 16 * 1024  # characters of a decoded header kept
@@ -46,8 +47,11 @@ def raw_text(value: object) -> str:
         value = _eight_bit(data)
     text = str(value)
     if any("\udc80" <= ch <= "\udcff" for ch in text):
-        text = _eight_bit(text.encode("utf-8", "surrogateescape"))
-    return _FOLD.sub(" ", text)
+        try:
+            text = _eight_bit(text.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:  # a surrogate that stands for no byte
+            pass
+    return _FOLD.sub(" ", storable(text))
 
 
 def _eight_bit(data: bytes) -> str:

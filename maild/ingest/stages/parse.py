@@ -29,6 +29,8 @@ logging.getLogger("mailparser").setLevel(logging.ERROR)
 
 __all__ = ["ADDR_RE", "NestingTooDeep", "as_json", "decode_header", "message_ids", "parse", "safe_filename"]
 
+# What lxml refuses in a string (C0 controls but tab and line ends, U+FFFE, U+FFFF).
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 MSGID_RE = re.compile(r"<([^<>\s]{1,250})>")
 MAX_TEXT = 2 * 1024 * 1024  # characters of body text kept; the raw message keeps the rest
 _MAX_ID_HEADER = 64 * 1024  # characters of a Message-ID list read
@@ -72,7 +74,7 @@ def _body_texts(body: Body, defects: list[str], own: tuple[str, ...]) -> tuple[s
         return text, strip_quotes(text, own) if text.strip() else "", html
     if html is None:
         return "", "", None
-    text, unquoted = html_texts(html, defects)
+    text, unquoted = html_texts(_NOT_XML.sub("", html), defects)
     text = text.replace("\r\n", "\n")[:MAX_TEXT]
     if not text.strip():
         return text, "", html

@@ -25,7 +25,7 @@ import mimetypes
 import re
 import urllib.parse
 
-from maild.ingest.stages.charsets import decode_bytes
+from maild.ingest.stages.charsets import decode_bytes, storable
 from maild.ingest.stages.headers import decode
 from maild.ingest.stages.records import Attachment
 from maild.ingest.stages.tnef import TnefError, read_tnef
@@ -116,8 +116,21 @@ def _param(part: Message, name: str, header: str) -> str | None:
         return None
     if isinstance(value, tuple):  # RFC 2231: (charset, language, percent-decoded as latin-1)
         charset, _, text = value
-        return decode_bytes(text.encode("latin-1", "surrogateescape"), charset or None, [], "filename")
+        return decode_bytes(_percent_bytes(text), charset or None, [], "filename")
     return decode(str(value))
+
+
+def _percent_bytes(text: str) -> bytes:
+    """The bytes of an RFC 2231 value the stdlib percent-decoded as Latin-1; a character
+    sent raw beside the %XX escapes (not Latin-1, not a raw byte) as UTF-8."""
+    try:
+        return text.encode("latin-1", "surrogateescape")
+    except UnicodeEncodeError:
+        return b"".join(
+            ch.encode("latin-1", "surrogateescape") if ord(ch) < 256 or "\udc80" <= ch <= "\udcff"
+            else ch.encode("utf-8", "replace")
+            for ch in text
+        )
 
 
 def payload_bytes(part: Message) -> bytes:
@@ -131,6 +144,10 @@ def payload_bytes(part: Message) -> bytes:
 def _sent_bytes(part: Message) -> bytes:
     """A leaf's payload as it was sent, transfer encoding and all."""
     return str(_raw_payload(part) or "").encode("utf-8", "surrogateescape")
+
+
+def _ctype(part: Message) -> str:
+    return storable(part.get_content_type())
 
 
 def _charset(part: Message) -> str | None:
@@ -180,7 +197,7 @@ class Body:
                 return
             if part is not message:
                 self.defects.extend(type(d).__name__ for d in part.defects)
-            ctype = part.get_content_type()
+            ctype = _ctype(part)
             payload = _raw_payload(part)
             if ctype in _TEXT_REPORTS:
                 self._report(part, ctype)
@@ -201,16 +218,16 @@ class Body:
         text = text if isinstance(text, str) else ""
         found = _BOUNDARY_LINE.search(text)
         if found and depth < _RECOVER_DEPTH:
-            self.defects.append(f"{part.get_content_type()}: boundary not found; read with {found.group(1)[:40]!r}")
-            wrapper = f'Content-Type: {part.get_content_type()}; boundary="{found.group(1)}"\n\n'
+            self.defects.append(f"{_ctype(part)}: boundary not found; read with {found.group(1)[:40]!r}")
+            wrapper = f'Content-Type: {_ctype(part)}; boundary="{found.group(1)}"\n\n'
             try:
                 children = email.message_from_string(wrapper + text).get_payload()
             except RecursionError:
                 children = None
-                self.defects.append(f"{part.get_content_type()}: parts nested too deeply to read")
+                self.defects.append(f"{_ctype(part)}: parts nested too deeply to read")
             if isinstance(children, list) and children:
                 return [c for c in children if isinstance(c, Message)]
-        self.defects.append(f"{part.get_content_type()}: no parts found; body kept as text")
+        self.defects.append(f"{_ctype(part)}: no parts found; body kept as text")
         data = payload_bytes(part)
         if data.strip():
             self.plain.append(decode_bytes(data, _charset(part), self.defects))
@@ -239,13 +256,13 @@ class Body:
             data = flat_bytes(inner) if inner is not None else _sent_bytes(part)
         except Exception:
             data = flat_bytes(inner) if inner is not None else _sent_bytes(part)
-            self.defects.append(f"{part.get_content_type()}: not readable as sent; kept as sent")
+            self.defects.append(f"{_ctype(part)}: not readable as sent; kept as sent")
         if inner is None and data:  # its headers, for the subject
             inner = email.parser.BytesParser().parsebytes(data[:64 * 1024], headersonly=True)
         subject = decode(inner.get("Subject", ""), self.defects, "attached Subject") if inner is not None else ""
         name = filename(part) or (subject[:180] + ".eml" if subject.strip() else "")
         n = len(self.attachments) + 1
-        self.attachments.append(Attachment(safe_filename(name, f"message-{n}.eml"), part.get_content_type(), data))
+        self.attachments.append(Attachment(safe_filename(name, f"message-{n}.eml"), _ctype(part), data))
 
     def _leaf(self, part: Message, ctype: str) -> None:
         disposition = part.get_content_disposition()
@@ -262,7 +279,7 @@ class Body:
         if (ctype == "application/ms-tnef" or (name or "").lower() == "winmail.dat") and self._tnef(data):
             return
         cid = part.get("Content-ID")
-        cid = cid.strip().strip("<>") if isinstance(cid, str) else None
+        cid = storable(cid).strip().strip("<>")[:500] if isinstance(cid, str) else None
         n = len(self.attachments) + 1
         self.attachments.append(
             Attachment(

@@ -24,6 +24,8 @@ from tnefparse.codepage import Codepage
 from tnefparse.mapi import GUID_EXISTS_FLAG, IMESSAGE_SIG, MULTI_VALUE_FLAG, parse_property
 from tnefparse.util import guid
 
+from maild.ingest.stages.charsets import storable
+
 logging.getLogger("tnefparse").setLevel(logging.ERROR)
 
 _SIGNATURE = 0x223E9F78
@@ -145,6 +147,11 @@ def _check_mapi(data: bytes, offset: int, codepage: str | None, cost: _Cost) -> 
     return at.offset, embedded
 
 
+def _readable(data: bytes, offset: int) -> int:
+    """How many values tnefparse can read from offset on before a length runs past the end."""
+    return max(len(data) - offset, 0) // 4 + 1
+
+
 def _check_property(data: bytes, at: _At, codepage: str | None, cost: _Cost, embedded: list[bytes]) -> None:
     """One property, read as tnefparse reads it."""
     (kind,) = _U16.unpack_from(data, at.offset)
@@ -167,14 +174,15 @@ def _check_property(data: bytes, at: _At, codepage: str | None, cost: _Cost, emb
         kind ^= MULTI_VALUE_FLAG
         (values,) = _U32.unpack_from(data, at.offset)
         at.offset += 4
-        if values * _VALUE_SIZE.get(kind, 4) > len(data) - at.offset:
+        # A value of fixed size read past the end is empty, not an error: tnefparse
+        # would make all of them. A string or binary value stops it there (its
+        # length cannot be read), and an unknown type at the first value.
+        if kind in _VALUE_SIZE and values * _VALUE_SIZE[kind] > len(data) - at.offset:
             raise TnefError(f"{values} values of MAPI type {kind:#06x} in {len(data) - at.offset} bytes")
-    if not values and kind in _STRINGS:  # parse_property reads a count of strings
+    if not values and kind in _STRINGS:  # parse_property reads a count of strings, a length each
         (strings,) = _U32.unpack_from(data, at.offset)
-        if strings * 4 > len(data) - at.offset - 4:
-            raise TnefError(f"{strings} MAPI strings in {len(data) - at.offset - 4} bytes")
-        cost.charge(values=strings)
-    cost.charge(values=values or 1)
+        cost.charge(values=min(strings, _readable(data, at.offset + 4)))
+    cost.charge(values=min(values or 1, _readable(data, at.offset)))
     for _ in range(values or 1):
         value, at.offset = parse_property(data, at.offset, name, kind, codepage, values)
         if name == _ATTACH_DATA_OBJ and kind in _BYTES_TYPES:
@@ -190,10 +198,10 @@ def _text(value: object) -> str | None:
         return None
     if isinstance(value, bytes):
         try:
-            return value.decode("utf-8")
+            return storable(value.decode("utf-8"))
         except UnicodeDecodeError:
-            return value.decode("cp1252", errors="replace")
-    return str(value)
+            return storable(value.decode("cp1252", errors="replace"))
+    return storable(str(value))
 
 
 def read_tnef(data: bytes) -> TnefContent:
