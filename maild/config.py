@@ -188,13 +188,6 @@ class BulkConfig(_Strict):
     rate: int = Field(default=600, gt=0)  # mails per minute when `bulk send` gives no --rate
 
 
-class BulkConfig(_Strict):
-    """Campaigns (`maild bulk send`)."""
-
-    mailbox: str | None = None  # the mailbox campaigns are sent from; default the first
-    rate: int = Field(default=600, gt=0)  # mails per minute when `bulk send` gives no --rate
-
-
 class ThreadingConfig(_Strict):
     # Subject tags look like "[#123]", or "[PREFIX #123]" when a prefix is set,
     # so another system's "[#123]" tags never match ours.
@@ -372,7 +365,6 @@ class Settings(_Strict):
     spelling: SpellingConfig = SpellingConfig()
     web: WebConfig = WebConfig()
     bulk: BulkConfig = BulkConfig()
-    bulk: BulkConfig = BulkConfig()
     reports: ReportsConfig = ReportsConfig()
     digest: tuple[DigestConfig, ...] = ()
     calendar: tuple[CalendarConfig, ...] = ()
@@ -403,8 +395,6 @@ class Settings(_Strict):
             unknown = [e for e in owner.reps if e.lower() not in rep_emails]
             if unknown:
                 raise ValueError(f"{owner.name!r} lists reps that no [[rep]] defines: {unknown}")
-        if self.bulk.mailbox is not None and self.bulk.mailbox not in names:
-            raise ValueError(f"bulk.mailbox names {self.bulk.mailbox!r}, which no [[mailbox]] defines")
         if self.bulk.mailbox is not None and self.bulk.mailbox not in names:
             raise ValueError(f"bulk.mailbox names {self.bulk.mailbox!r}, which no [[mailbox]] defines")
         if self.web.mailbox is not None and self.web.mailbox not in names:
