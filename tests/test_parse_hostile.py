@@ -237,8 +237,6 @@ def test_every_hostile_mail_is_stored_as_an_interaction(app):
     assert outcomes == {name: "interaction" for name in STORED}
 
 
-@pytest.mark.xfail(strict=True, reason="classify reads each part with get_payload(), which decodes 8-bit text "
-                   "with the declared charset and raises for idna, undefined or an RFC 2231 charset")
 def test_an_8bit_body_in_a_charset_that_cannot_decode_it_is_stored(app):
     raw = mail("Subject: x\nContent-Type: text/plain; charset=idna\n", b"caf\xe9\r\n")
     accepted = accept(app.sessions, Incoming(raw, "support", "test"))
@@ -276,3 +274,18 @@ def test_mangled_test_mails_always_parse_to_storable_text():
         texts += [t for a in (p.from_, *p.to, *p.cc, *p.reply_to) if a for t in (a.name, a.email)]
         texts += [t for a in p.attachments for t in (a.filename, a.content_type, a.content_id or "")]
         assert not any(UNSTORABLE.search(t) for t in texts), raw
+
+
+def test_a_bounce_whose_returned_headers_declare_a_charset_that_cannot_decode_them_is_stored(app):
+    raw = (b"From: MAILER-DAEMON@mx.example.org\r\nTo: support@acme.test\r\nSubject: Undelivered\r\n"
+           b"Message-ID: <dsn-idna@mx.example.org>\r\n"
+           b"Content-Type: multipart/report; report-type=delivery-status; boundary=XX\r\n\r\n"
+           b"--XX\r\nContent-Type: text/plain\r\n\r\nIt bounced.\r\n"
+           b"--XX\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.org\r\n\r\n"
+           b"Final-Recipient: rfc822; pat@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+           b"--XX\r\nContent-Type: text/rfc822-headers; charset=idna\r\n\r\n"
+           b"Subject: caf\xe9\r\nMessage-ID: <orig-idna@maild.acme.test>\r\n--XX--\r\n")
+    accepted = accept(app.sessions, Incoming(raw, "support", "test"))
+    (outcome,) = app.pipeline.process([accepted.raw_id])
+    assert outcome.stored is not None, outcome.error
+    assert outcome.stored.outcome == "unmatched-bounce"

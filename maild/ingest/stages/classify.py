@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from email.utils import collapse_rfc2231_value
 
 from maild.ingest.stages import headers
+from maild.ingest.stages.parts import raw_payload
 from maild.ingest.stages.records import Bounce, Classification
 
 Message = email.message.Message
@@ -90,8 +91,10 @@ def _parts(message: Message) -> list[Message]:
     while todo and len(found) < _MAX_PARTS:
         part = todo.pop(0)
         found.append(part)
-        payload = part.get_payload()
-        if part.get_content_maintype() != "message" and isinstance(payload, list):
+        # is_multipart() before get_payload(): on a leaf, get_payload() decodes
+        # 8-bit text with the declared charset, which may raise for a hostile one.
+        if part.get_content_maintype() != "message" and part.is_multipart():
+            payload = part.get_payload()
             todo.extend(p for p in payload if isinstance(p, Message))
     return found
 
@@ -109,12 +112,11 @@ def _text(part: Message) -> str:
 
 def _attached(part: Message) -> Message | None:
     """The message inside a message/rfc822 or text/rfc822-headers part."""
-    payload = part.get_payload()
-    if isinstance(payload, list) and payload and isinstance(payload[0], Message):
-        return payload[0]
-    if isinstance(payload, str) and payload.strip():
-        return email.message_from_string(_text(part) or payload[:_MAX_TEXT])
-    return None
+    if part.is_multipart():
+        payload = part.get_payload()
+        return payload[0] if isinstance(payload, list) and payload and isinstance(payload[0], Message) else None
+    text = _text(part)  # the bytes, decoded without trusting the declared charset to work
+    return email.message_from_string(text) if text.strip() else None
 
 
 # --- multipart/report: DSN (RFC 3464), ARF (RFC 5965), MDN (RFC 8098) ---------
@@ -154,7 +156,7 @@ def _report_type(part: Message) -> str:
 
 def _field_blocks(part: Message) -> list[dict[str, str]]:
     """Field blocks of a report part, names lowercased (compat32 parses them as Messages)."""
-    payload = part.get_payload()
+    payload = raw_payload(part)
     if isinstance(payload, list):
         return [{k.lower(): _decode(v) for k, v in b.items()} for b in payload if isinstance(b, Message)]
     blocks = re.split(r"\r?\n[ \t\r]*\n", _text(part))
@@ -186,7 +188,7 @@ def _recipient(fields: dict[str, str]) -> str | None:
 def _returned_id(message: Message, parts: list[Message]) -> str | None:
     """Message-ID of the returned original: in an attached message or header block."""
     for part in parts:
-        kind, payload, mid = part.get_content_type(), part.get_payload(), None
+        kind, payload, mid = part.get_content_type(), raw_payload(part), None
         attached = _attached(part) if kind in _RETURNED and part is not message else None
         if attached is not None:
             mid = _message_id(_header(attached, "Message-ID"))

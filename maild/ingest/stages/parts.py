@@ -57,7 +57,7 @@ def cap_parts(raw: bytes) -> tuple[bytes, str | None]:
     return raw, None
 
 
-def _raw_payload(part: Message) -> object:
+def raw_payload(part: Message) -> object:
     """The payload as the parser left it (8-bit bytes as surrogate escapes): get_payload()
     would decode 8-bit text with the declared charset, which fails on a hostile one."""
     return getattr(part, "_payload", None)
@@ -75,7 +75,7 @@ def flat_bytes(message: Message) -> bytes:
             continue
         out.extend(item.policy.fold_binary(name, value) for name, value in item.raw_items())
         out.append(b"\n")
-        payload = _raw_payload(item)
+        payload = raw_payload(item)
         if not isinstance(payload, list):
             out.append(str(payload or "").encode("utf-8", "surrogateescape"))
             continue
@@ -143,7 +143,7 @@ def payload_bytes(part: Message) -> bytes:
 
 def _sent_bytes(part: Message) -> bytes:
     """A leaf's payload as it was sent, transfer encoding and all."""
-    return str(_raw_payload(part) or "").encode("utf-8", "surrogateescape")
+    return str(raw_payload(part) or "").encode("utf-8", "surrogateescape")
 
 
 def _ctype(part: Message) -> str:
@@ -198,7 +198,7 @@ class Body:
             if part is not message:
                 self.defects.extend(type(d).__name__ for d in part.defects)
             ctype = _ctype(part)
-            payload = _raw_payload(part)
+            payload = raw_payload(part)
             if ctype in _TEXT_REPORTS:
                 self._report(part, ctype)
             elif part.get_content_maintype() == "message" and ctype != "message/external-body":
@@ -214,7 +214,7 @@ class Body:
     def _recover(self, part: Message, depth: int) -> list[Message]:
         """A multipart whose boundary is lost: re-read it with the first boundary line
         in its body, else keep its body as text. Never an attachment."""
-        text = _raw_payload(part)
+        text = raw_payload(part)
         text = text if isinstance(text, str) else ""
         found = _BOUNDARY_LINE.search(text)
         if found and depth < _RECOVER_DEPTH:
@@ -235,7 +235,7 @@ class Body:
 
     def _report(self, part: Message, ctype: str) -> None:
         """Returned headers and delivery status: readable text files."""
-        payload = _raw_payload(part)
+        payload = raw_payload(part)
         try:
             if isinstance(payload, list):  # compat32 reads a delivery-status as header blocks
                 data = b"\n".join(p.as_bytes() for p in payload if isinstance(p, Message))
@@ -248,7 +248,7 @@ class Body:
         self.attachments.append(Attachment(safe_filename(name or "", f"attachment-{n}.txt"), ctype, data))
 
     def _attach_message(self, part: Message) -> None:
-        payload = _raw_payload(part)
+        payload = raw_payload(part)
         inner = payload[0] if isinstance(payload, list) and payload and isinstance(payload[0], Message) else None
         try:
             data = inner.as_bytes() if inner is not None else payload_bytes(part)

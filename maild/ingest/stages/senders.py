@@ -18,6 +18,7 @@ import re
 from mailparser.utils import get_addresses
 
 from maild.ingest.stages.headers import decode, raw_text
+from maild.ingest.stages.parts import raw_payload
 from maild.ingest.stages.records import Address
 
 Message = email.message.Message
@@ -95,7 +96,7 @@ def _from_after_broken_line(msg: Message, defects: list[str]) -> Address | None:
     block that is no header (it ends the headers there)."""
     if not any(type(d).__name__ == "MissingHeaderBodySeparatorDefect" for d in msg.defects):
         return None
-    payload = msg.get_payload()
+    payload = raw_payload(msg)
     if not isinstance(payload, str):
         return None
     block = re.split(r"\r?\n[ \t]*\r?\n", payload[:_MAX_ADDRESS_HEADER], maxsplit=1)[0]
