@@ -506,3 +506,14 @@ def test_retry_refuses_a_row_another_sender_is_sending(out_app, relay):
     r = run_maild("outbox", "retry", str(row_id), "-c", str(out_app.config_path), env={"MAILD_SECRET": SECRET})
     assert r.returncode == 1 and b"being sent right now" in r.stderr
     assert rows(out_app, id=row_id)[0].lease_owner == "another"
+
+
+def test_a_bounce_of_a_notice_to_a_rep_attaches_to_its_issue(out_app, relay):
+    """Notices to reps are outbox rows, not interactions; their bounces still find the issue."""
+    relay.start()
+    first = ingest(out_app, mail(msgid="<nb1@example.com>"))
+    notice = next(r for r in rows(out_app, kind="notification") if r.recipients == ["alice@acme.test"])
+    out_app.sender.run_once()
+    bounce = ingest(out_app, _dsn(notice.message_id, "alice@acme.test"))
+    assert bounce.stored.outcome == "interaction"
+    assert bounce.stored.issue_id == first.stored.issue_id and not bounce.stored.new_issue

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
-from maild.models import Action, Category, Customer, CustomerAddress, Interaction, Issue
+from maild.models import Action, Category, Customer, CustomerAddress, Interaction, Issue, OutboxMessage
 
 _CHUNK = 400  # values per IN list, under every backend's parameter limit
 
@@ -30,6 +30,13 @@ _ISSUES_BY_MESSAGE_IDS = (
     .join(Action, Action.interaction_id == Interaction.id)
     .join(Issue, Issue.id == Action.issue_id)
     .where(Interaction.message_id.in_(bindparam("ids", expanding=True)))
+)
+# Notices to reps are outbox rows, not interactions: a bounce of one (or a reply
+# that quotes one) still finds its issue.
+_NOTICES_BY_MESSAGE_IDS = (
+    select(OutboxMessage.message_id, OutboxMessage.issue_id, Issue.status)
+    .join(Issue, Issue.id == OutboxMessage.issue_id)
+    .where(OutboxMessage.message_id.in_(bindparam("ids", expanding=True)), OutboxMessage.interaction_id.is_(None))
 )
 _STATUS = select(Issue.status).where(Issue.id == bindparam("id"))
 _ISSUE_MERGED_INTO = select(Issue.merged_into_id).where(Issue.id == bindparam("id"))
@@ -80,6 +87,11 @@ class DbLookup:
             known = self._threads.get(mid)
             self._threads[mid] = issue_id if known is None else min(known, issue_id)
             self._status.setdefault(issue_id, status)
+        for row in self.conn.execute(_NOTICES_BY_MESSAGE_IDS, {"ids": ids}):
+            mid, issue_id, status = str(row[0]), int(row[1]), row[2]
+            if self._threads.get(mid) is None:
+                self._threads[mid] = issue_id
+                self._status.setdefault(issue_id, status)
 
     # -- what the store stage wrote -----------------------------------------------------
 
