@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.config import Settings
@@ -222,14 +222,18 @@ class Sender:
     def _claim(self, session: Session, now: datetime, limit: int) -> tuple[list[Claimed], int]:
         """Lease up to `limit` due rows with their bytes; a row ambiguous a second time becomes `unknown`."""
         t = OUTBOX.c
-        due = or_(
-            and_(t.status == "queued", t.next_attempt_at <= now),
-            and_(t.status == "sending", or_(t.lease_until.is_(None), t.lease_until < now)),
-        )
-        rows = session.execute(
-            select(t.id, t.status, t.resends, t.envelope_from, t.recipients, t.results, t.data)
-            .where(due).order_by(t.id).limit(limit).with_for_update(skip_locked=True)
-        ).all()
+        columns = (t.id, t.status, t.resends, t.envelope_from, t.recipients, t.results, t.data)
+        # Two indexed reads (ix_outbox_due), never one OR over the whole table: a
+        # campaign's hundred thousand queued rows must not make each claim a scan.
+        stale = (t.status == "sending") & or_(t.lease_until.is_(None), t.lease_until < now)
+        rows = list(session.execute(
+            select(*columns).where(stale).order_by(t.id).limit(limit).with_for_update(skip_locked=True)
+        ).all())
+        if len(rows) < limit:
+            rows += session.execute(
+                select(*columns).where(t.status == "queued", t.next_attempt_at <= now)
+                .order_by(t.next_attempt_at, t.id).limit(limit - len(rows)).with_for_update(skip_locked=True)
+            ).all()
         fresh = [r.id for r in rows if r.status == "queued"]
         again = [r.id for r in rows if r.status == "sending" and r.resends < 1]
         gone = [r.id for r in rows if r.status == "sending" and r.resends >= 1]
