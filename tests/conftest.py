@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,7 +48,17 @@ def db_url(request, tmp_path):
     sep = "&" if "?" in PG_URL else "?"
     yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
     with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.execute("SET lock_timeout = '30s'")
+        try:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        except psycopg.errors.LockNotAvailable:
+            # A connection left idle in a transaction (a daemon thread, a helper) still holds
+            # a lock in the schema: end it rather than wait for ever, and say so.
+            warnings.warn(f"{schema}: a connection was left in a transaction; ended it to drop the schema",
+                          stacklevel=1)
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                         " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'")
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def toml_value(v) -> str:
