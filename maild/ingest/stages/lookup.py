@@ -87,9 +87,10 @@ class DbLookup:
             known = self._threads.get(mid)
             self._threads[mid] = issue_id if known is None else min(known, issue_id)
             self._status.setdefault(issue_id, status)
-        for row in self.conn.execute(_NOTICES_BY_MESSAGE_IDS, {"ids": ids}):
-            mid, issue_id, status = str(row[0]), int(row[1]), row[2]
-            if self._threads.get(mid) is None:
+        for notice in self.conn.execute(_NOTICES_BY_MESSAGE_IDS, {"ids": ids}):
+            mid, notice_issue, status = str(notice[0]), notice[1], notice[2]
+            if notice_issue is not None and self._threads.get(mid) is None:
+                issue_id = int(notice_issue)
                 self._threads[mid] = issue_id
                 self._status.setdefault(issue_id, status)
 
