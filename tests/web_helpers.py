@@ -141,8 +141,9 @@ class Running:
     config: object
 
 
-def running_console(tmp_path, db_url, monkeypatch, caplog):
-    """The body of each test module's `console` fixture: yields a Running console, stops it after."""
+def running_console(tmp_path, db_url, monkeypatch, caplog, web: str = ""):
+    """The body of each test module's `console` fixture: yields a Running console, stops it after.
+    `web`: more keys for the [web] table."""
     from maild.config import load
     from maild.daemon import build_daemon
     monkeypatch.setenv("MAILD_SECRET", SECRET)
@@ -150,7 +151,7 @@ def running_console(tmp_path, db_url, monkeypatch, caplog):
     sink = SinkProcess(tmp_path / "sink", free_port())
     sink.folder.mkdir()
     sink.start()
-    path, smtp_port, web_port = console_config(tmp_path, db_url, sink.port)
+    path, smtp_port, web_port = console_config(tmp_path, db_url, sink.port, web)
     db = Db(db_url)
     try:
         with InProcess(build_daemon(load(path))):

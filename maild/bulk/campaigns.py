@@ -132,12 +132,17 @@ class Campaigns:
             raise BulkError(f"campaigns need the reply-token secret ({self.settings.security.secret_env}) "
                             "to sign their unsubscribe addresses")
         address = self.signer.address(self.mailbox.address, issue_id, None, "unsubscribe")
-        # RFC 8058 one-click needs an https URL served by the web console; until it serves
-        # one, the signed mailto is the unsubscribe (RFC 2369), handled by maild's own intake.
-        headers = (
-            ("List-Unsubscribe", f"<mailto:{address}?subject=unsubscribe>"),
-            ("Precedence", "bulk"),
-        )
+        # The signed mailto (RFC 2369) is handled by maild's own intake. With the web console
+        # reachable over https, the same token also makes an RFC 8058 one-click link.
+        targets = [f"<mailto:{address}?subject=unsubscribe>"]
+        web = self.settings.web
+        one_click = bool(web.listen and web.public_url and web.public_url.lower().startswith("https://"))
+        if one_click and web.public_url:
+            token = self.signer.token(issue_id, None, "unsubscribe")
+            targets.insert(0, f"<{web.public_url.rstrip('/')}/unsubscribe/{token}>")
+        headers: tuple[tuple[str, str], ...] = (("List-Unsubscribe", ", ".join(targets)), ("Precedence", "bulk"))
+        if one_click:
+            headers += (("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),)
         return address, headers
 
     def render(self, template: str, customer: dict, gift: dict | None, issue_id: int | None,

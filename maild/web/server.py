@@ -33,7 +33,7 @@ log = logging.getLogger("maild.web")
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "maild_session"
-PUBLIC = ("/signin", "/static/", "/metrics", "/healthz")
+PUBLIC = ("/signin", "/static/", "/metrics", "/healthz", "/unsubscribe/")
 CSP = ("default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self' data:; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SIGNED = web.RequestKey("signed", SignedIn)
@@ -109,12 +109,13 @@ def check_csrf(request: web.Request, form: Any) -> None:
         raise web.HTTPForbidden(text="The form is stale: reload the page and try again.")
 
 
-def make_app(console: Console) -> web.Application:
-    from maild.web import pages  # the handlers, which need the Console type from here
+def make_app(console: Console, signer: TokenSigner | None = None) -> web.Application:
+    from maild.web import pages, unsubscribe  # the handlers, which need the Console type from here
 
     @web.middleware
     async def session_check(request: web.Request, handler):
-        if request.method == "POST" and not same_origin(request):
+        # A one-click unsubscribe comes from a mailbox provider's servers: its token is its authority.
+        if request.method == "POST" and not same_origin(request) and not request.path.startswith("/unsubscribe/"):
             raise web.HTTPForbidden(text="Cross-site form posts are refused.")
         signed = console.signin.read_cookie(request.cookies.get(COOKIE))
         rep: RepView | None = await console.query(active_rep, signed.rep_id) if signed else None
@@ -143,6 +144,8 @@ def make_app(console: Console) -> web.Application:
     app = web.Application(middlewares=[session_check], client_max_size=64 * 1024)
     app.on_response_prepare.append(headers)
     pages.add_routes(app, console)
+    if signer is not None:
+        unsubscribe.add_routes(app, console, signer)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
     return app
 
@@ -158,8 +161,9 @@ def set_session(response: web.StreamResponse, console: Console, value: str | Non
 class WebService:
     """The console as a part of `maild run`: started after the mail listeners, stopped before them."""
 
-    def __init__(self, console: Console, engine: Engine | None = None) -> None:
+    def __init__(self, console: Console, engine: Engine | None = None, signer: TokenSigner | None = None) -> None:
         self.console, self.engine = console, engine  # the pages' read engine, disposed at stop
+        self.signer = signer  # one-click unsubscribe links are signed with the reply-token secret
         self.address = console.settings.web.listen or ""
         self._runner: web.AppRunner | None = None
 
@@ -168,7 +172,7 @@ class WebService:
 
     async def start(self) -> None:
         host, port = split_hostport(self.address)
-        self._runner = web.AppRunner(make_app(self.console), access_log=None, handle_signals=False,
+        self._runner = web.AppRunner(make_app(self.console, self.signer), access_log=None, handle_signals=False,
                                      shutdown_timeout=2.0)
         await self._runner.setup()
         try:
@@ -217,4 +221,4 @@ def web_service(settings: Settings, sessions: sessionmaker[Session], signer: Tok
     from maild.web import reports
     console = Console(settings, read, sessions, signin, Metrics(read, sessions_opened), listening,
                       mail_issue if signer is not None else None, reports.pages(settings))
-    return WebService(console, engine)
+    return WebService(console, engine, signer)
