@@ -96,3 +96,25 @@ def test_split_starts_a_new_issue_from_the_mail_the_rep_answers(app, cli):
     old = outbox(app)
     rep_mail(app, a, "#split")
     assert "reply to the notification of the message to split off" in outbox(app)[len(old):][-1]["body"]
+
+
+def test_after_a_split_the_customer_s_reply_to_the_split_off_mail_lands_on_the_new_issue(app, cli):
+    raw, first = mail("Pat <pat@example.com>", "Two things", "My invoice is wrong.")
+    a = deliver(app, raw).issue_id
+    raw, second = mail("Pat <pat@example.com>", "Re: Two things", "Also the parcel is damaged.", in_reply_to=first)
+    deliver(app, raw)
+    with app.sessions() as s:
+        notification = s.scalar(select(OutboxMessage.message_id).where(
+            OutboxMessage.issue_id == a, OutboxMessage.kind == "notification",
+            OutboxMessage.rep_id.is_not(None)).order_by(OutboxMessage.id.desc()).limit(1))
+    from test_rep_commands import _mail, rep_id
+
+    address = app.signer.address("support@acme.test", a, rep_id(app, "alice@acme.test"), "reply")
+    deliver(app, _mail("alice@acme.test", address, "Re: Two things", "#split\n#note\n",
+                       in_reply_to=f"<{notification}>"), envelope_to=(address,))
+    (new,) = [i["id"] for i in cli.json("issues", "list") if i["id"] != a]
+    # The parcel thread goes on on the new issue; the invoice thread stays on the first.
+    raw, _ = mail("Pat <pat@example.com>", "Re: Two things", "The box was crushed.", in_reply_to=second)
+    assert deliver(app, raw).issue_id == new
+    raw, _ = mail("Pat <pat@example.com>", "Re: Two things", "And the invoice?", in_reply_to=first)
+    assert deliver(app, raw).issue_id == a

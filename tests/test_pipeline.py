@@ -271,6 +271,10 @@ def test_reply_long_after_close_opens_a_new_issue_linked_to_the_old(tmp_path, db
     assert issue(app, first.stored.issue_id)["status"] == "closed"
     old_ids = [i["message_id"] for i in issue(app, first.stored.issue_id)["interactions"]]
     assert "old2@example.com" in old_ids  # the reply is linked to the old issue too
+    # The conversation goes on on the new issue: a reply to the late reply lands there.
+    more = ingest(app, mail(subject="Re: Printer on fire", body="Still.", msgid="<old3@example.com>",
+                            in_reply_to="<old2@example.com>"))
+    assert more.stored.issue_id == late.stored.issue_id and not more.stored.new_issue
     app.close()
 
 

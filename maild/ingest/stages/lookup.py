@@ -26,7 +26,7 @@ _OWNER = (
 _OWNERS_BY_KEYS = _OWNER.where(CustomerAddress.key.in_(bindparam("keys", expanding=True)))
 _MERGED_INTO = select(Customer.merged_into_id).where(Customer.id == bindparam("id"))
 _ISSUES_BY_MESSAGE_IDS = (
-    select(Interaction.message_id, Action.issue_id, Issue.status)
+    select(Interaction.message_id, Action.issue_id, Issue.status, Action.created_at)
     .join(Action, Action.interaction_id == Interaction.id)
     .join(Issue, Issue.id == Action.issue_id)
     .where(Interaction.message_id.in_(bindparam("ids", expanding=True)))
@@ -81,11 +81,16 @@ class DbLookup:
             self._read_threads(chunk)
 
     def _read_threads(self, ids: list[str]) -> None:
-        """A Message-ID on several issues (a late reply kept on the old one) leads to the oldest."""
+        """A Message-ID on several issues leads to the one it was filed on last: the issue a
+        #split started from it, or the new issue a late reply opened (it stays on the old one
+        too, filed at the same moment: the newer issue wins the tie)."""
+        filed: dict[str, tuple] = {}
         for row in self.conn.execute(_ISSUES_BY_MESSAGE_IDS, {"ids": ids}):
             mid, issue_id, status = str(row[0]), int(row[1]), row[2]
-            known = self._threads.get(mid)
-            self._threads[mid] = issue_id if known is None else min(known, issue_id)
+            when = (row[3], issue_id)
+            if mid not in filed or when > filed[mid]:
+                filed[mid] = when
+                self._threads[mid] = issue_id
             self._status.setdefault(issue_id, status)
         for notice in self.conn.execute(_NOTICES_BY_MESSAGE_IDS, {"ids": ids}):
             mid, notice_issue, status = str(notice[0]), notice[1], notice[2]
@@ -103,11 +108,11 @@ class DbLookup:
         self._status[issue_id] = status
 
     def remember_message(self, message_id: str | None, issue_ids: Iterable[int]) -> None:
-        """A stored interaction's Message-ID now leads to the oldest issue it is on."""
-        if not message_id:
-            return
-        known = [i for i in (self._threads.get(message_id), *issue_ids) if i is not None]
-        self._threads[message_id] = min(known)
+        """A stored interaction's Message-ID now leads to the issue it was filed on (the first
+        of `issue_ids`; a late reply is also kept on the old issue, the second)."""
+        first = next(iter(issue_ids), None)
+        if message_id and first is not None:
+            self._threads[message_id] = first
 
     # -- the lookups the stages call -----------------------------------------------------
 
