@@ -87,6 +87,15 @@ def _prepare_limited(
         return Prepared(None, None, "parse", f"too-large: over {memory} bytes of memory")
 
 
+def _run_chunk(
+    task: Callable[..., Prepared], items: list[tuple[bytes, tuple[str, ...], str | None]], own: OwnMail, memory: int
+) -> list[Prepared]:
+    """Several messages in one worker task (one round trip instead of one each), each
+    run by `task` as if alone. A chunk that overruns the time budget is given up and its
+    messages are run again one by one, each under its own budget."""
+    return [task(data, envelope_to, own, memory, envelope_from) for data, envelope_to, envelope_from in items]
+
+
 def _context() -> multiprocessing.context.BaseContext:
     """fork in a single-threaded command (cheap, nothing to import again); forkserver in
     the daemon, where forking a process with other threads running is unsafe."""
@@ -119,6 +128,11 @@ class Budget:
         return self._started().schedule(
             self.task, args=(data, envelope_to, self.own, self.memory, envelope_from), timeout=self.seconds
         )
+
+    def submit_chunk(self, items: list[tuple[bytes, tuple[str, ...], str | None]]) -> Future:
+        """A Future of the Prepared list for `items`, or of an error (then run them one by one)."""
+        return self._started().schedule(_run_chunk, args=(self.task, items, self.own, self.memory),
+                                        timeout=self.seconds)
 
     def result(self, future: Future) -> Prepared:
         """The worker's result, or why the message went over its budget."""

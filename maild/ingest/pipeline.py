@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import BrokenExecutor, CancelledError, Future
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -41,6 +41,10 @@ log = logging.getLogger("maild.ingest")
 STAGES = ("parse", "classify", "identify", "thread", "store", "emit")
 
 BATCH_BYTES = 64 * 1024 * 1024  # message bytes per batch: two batches are in memory, one parsing, one storing
+# Messages per worker task: one round trip for several small messages. A chunk over its
+# budget is run again message by message, so a hostile one costs at most two budgets.
+CHUNK = 16
+CHUNK_BYTES = 1024 * 1024
 
 # A hook sees each stored message inside its transaction (outbox rows written
 # there commit together with the interaction).
@@ -68,22 +72,45 @@ class Ahead:
         self._budget = budget
         self._running: dict[int, Future] = {}
         self._done: dict[int, Prepared] = {}
+        self._chunks: dict[int, tuple[Future, list[int], list[tuple]]] = {}  # raw id -> its chunk
 
     def put(self, raw_id: int, future: Future) -> None:
         self._running[raw_id] = future
 
+    def put_chunk(self, raw_ids: list[int], items: list[tuple], future: Future) -> None:
+        chunk = (future, raw_ids, items)
+        for raw_id in raw_ids:
+            self._chunks[raw_id] = chunk
+
+    def _settle_chunk(self, raw_id: int) -> None:
+        future, raw_ids, items = self._chunks[raw_id]
+        for r in raw_ids:
+            del self._chunks[r]
+        try:
+            results = future.result()
+        except (CancelledError, BrokenExecutor):
+            raise  # the pool was stopped: the messages stay pending
+        except Exception:  # over budget (or lost): each message again, under its own budget
+            for r, item in zip(raw_ids, items):
+                self._running[r] = self._budget.submit(*item)
+            return
+        self._done.update(zip(raw_ids, results))
+
     def get(self, raw_id: int) -> Prepared | None:
+        if raw_id in self._chunks:
+            self._settle_chunk(raw_id)
         if raw_id in self._running:
             self._done[raw_id] = self._budget.result(self._running.pop(raw_id))
         return self._done.get(raw_id)
 
     def wait(self) -> None:
-        """Until every message is parsed or over its budget (at most parse_timeout each)."""
-        for raw_id in list(self._running):
+        """Until every message is parsed or over its budget (a chunk over budget: its
+        messages are run again one by one, at most parse_timeout each)."""
+        for raw_id in [*self._chunks, *self._running]:
             self.get(raw_id)
 
     def __len__(self) -> int:
-        return len(self._running) + len(self._done)
+        return len(self._running) + len(self._done) + len(self._chunks)
 
 
 class _Retry(Exception):
@@ -170,8 +197,16 @@ class Pipeline:
         """Start parse and classify of (raw id, bytes, envelope recipients[, envelope sender])
         in the workers, each under its budget, so they run while earlier mail is stored."""
         ahead = Ahead(self.budget)
+        ids: list[int] = []
+        items: list[tuple] = []
         for raw_id, data, envelope_to, *envelope_from in jobs:
-            ahead.put(raw_id, self.budget.submit(data, envelope_to, *envelope_from))
+            ids.append(raw_id)
+            items.append((data, envelope_to, envelope_from[0] if envelope_from else None))
+            if len(ids) == CHUNK or sum(len(i[0]) for i in items) >= CHUNK_BYTES:
+                ahead.put_chunk(ids, items, self.budget.submit_chunk(items))
+                ids, items = [], []
+        if ids:
+            ahead.put_chunk(ids, items, self.budget.submit_chunk(items))
         return ahead
 
     def prepare_pending(self, raw_ids: Iterable[int]) -> Ahead:
