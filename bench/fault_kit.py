@@ -265,7 +265,7 @@ class Db:
     def __init__(self, url: str) -> None:
         from maild import db
 
-        self.engine = db.make_engine(url)
+        self.engine = db.make_engine(url, write_first=False)  # a reader: never waits for the writer (WAL)
 
     def close(self) -> None:
         self.engine.dispose()
