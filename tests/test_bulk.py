@@ -4,17 +4,13 @@ second copy, and a reply that reopens the campaign issue."""
 
 from __future__ import annotations
 
-import email
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-from email import policy
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
@@ -24,44 +20,14 @@ from maild.config import load
 from maild.models import CampaignRecipient, Customer, GiftCertificate, Issue, OutboxMessage
 from conftest import REPO, SECRET, Cli, run_maild, write_config
 from customer_helpers import ingest, mail
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Sink:
-    """tests/smtp_sink.py in a process of its own; each message it answered 250 for is a file."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        folder.mkdir()
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "smtp_sink.py"), "--port",
-                                      str(self.port), "--dir", str(folder)])
-        deadline = time.monotonic() + 20
-        while not (folder / "ready").exists():
-            assert time.monotonic() < deadline and self.proc.poll() is None, "sink did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-    def messages(self) -> list[tuple[dict, email.message.EmailMessage]]:
-        out = []
-        for path in sorted(self.folder.glob("[0-9]*.eml")):
-            env = json.loads(path.with_suffix(".env").read_bytes())
-            out.append((env, email.message_from_bytes(path.read_bytes(), policy=policy.default)))
-        return out
+from test_outbound import SinkProcess, free_port
 
 
 @pytest.fixture
 def sink(tmp_path):
-    s = Sink(tmp_path / "sink")
-    yield s
+    s = SinkProcess(tmp_path / "sink", free_port())
+    s.folder.mkdir()
+    yield s.start()
     s.stop()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import sys
 from datetime import datetime, UTC
-from typing import Any
 
 import click
 
@@ -34,16 +33,6 @@ def _filter_options(fn):
     return fn
 
 
-def _cell(value: Any, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "percent":
-        return f"{value:.1f}%"
-    if kind in ("hours", "float"):
-        return f"{value:.2f}"
-    return str(value)
-
-
 def _targets(settings: Settings):
     from maild.reports import Targets
 
@@ -54,15 +43,17 @@ def _print_table(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from maild.reports.model import cell_text
+
     w = report.window
     table = Table(title=f"{report.title}, {w.start.isoformat()} to {w.end.isoformat()}",
                   show_footer=report.totals is not None)
     for i, c in enumerate(report.columns):
         arrow = (" v" if report.desc else " ^") if c.name == report.sort else ""
-        footer = _cell(report.totals[i], c.type) if report.totals is not None and report.totals[i] is not None else ""
+        footer = cell_text(report.totals[i], c.type) if report.totals is not None and report.totals[i] is not None else ""
         table.add_column(c.label + arrow, footer=footer, justify="left" if c.type in ("text", "date") else "right")
     for row in report.rows:
-        table.add_row(*(_cell(v, c.type) for v, c in zip(row, report.columns)))
+        table.add_row(*(cell_text(v, c.type) for v, c in zip(row, report.columns)))
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     if not report.rows:
         click.echo("(no data in this period)")

@@ -31,7 +31,7 @@ from maild.models import DigestRun, OutboxMessage, utcnow
 from maild.outbound.compose import new_message_id, one_line
 from maild.outbound.outbox import OutboxPolicy
 from maild.reports.filters import Filters, Window
-from maild.reports.model import Report, Targets
+from maild.reports.model import Report, Targets, cell_text
 from maild.reports.registry import run_report
 from maild.reports.stats import STATISTIC_LABELS, key_statistics
 
@@ -69,16 +69,6 @@ def latest_period(config: DigestConfig, now: datetime) -> Period:
     year, week, _ = start_day.isocalendar()
     start = datetime.combine(start_day, time(), UTC)
     return Period(f"{year}-W{week:02d}", Window(start, start + timedelta(days=7)))
-
-
-def _cell(value: Any, kind: str) -> str:
-    if value is None:
-        return "-"
-    if kind == "percent":
-        return f"{value:.1f}%"
-    if kind in ("hours", "float"):
-        return f"{value:.2f}"
-    return str(value)
 
 
 def _age(seconds: float) -> str:
@@ -122,7 +112,7 @@ def render(config: DigestConfig, period: Period, stats: dict[str, Any], reports:
         images.append((cid, png))
         rows = report.rows[:config.top]
         labels = [c.label for c in report.columns]
-        cells = [[_cell(v, c.type) for v, c in zip(row, report.columns)] for row in rows]
+        cells = [[cell_text(v, c.type) for v, c in zip(row, report.columns)] for row in rows]
         widths.append([max(len(x) for x in col) for col in zip(labels, *cells)])
         tables.append({
             "name": report.name, "title": report.title, "cid": cid, "more": len(report.rows) - len(rows),

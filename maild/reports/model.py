@@ -112,3 +112,14 @@ class Report:
             "rows": self.as_dicts(),
             "totals": dict(zip(names, self.totals)) if self.totals is not None else None,
         }
+
+
+def cell_text(value: Any, kind: str) -> str:
+    """A report cell as people read it: "-" for nothing, percentages and hours rounded."""
+    if value is None:
+        return "-"
+    if kind == "percent":
+        return f"{value:.1f}%"
+    if kind in ("hours", "float"):
+        return f"{value:.2f}"
+    return str(value)
