@@ -178,6 +178,8 @@ def test_sort_by_any_column_and_errors(sessions):
         Filters.from_query({"since": "yesterday"})
     with pytest.raises(FilterError, match="must be before"):
         Filters.from_query({"since": "2024-03-10", "until": "2024-03-01"})
+    with pytest.raises(FilterError, match="outside the calendar"):  # a date at the end of time: no 500
+        Filters.from_query({"until": "9999-12-31"}).window(datetime.now(UTC))
 
 
 def test_filters_round_trip_through_a_query_string():

@@ -50,3 +50,12 @@ def test_one_click_unsubscribe_from_a_campaign_mail(console, tmp_path):
 def _opted_out(cli: Cli, user_id: str) -> bool:
     record = next(c for c in cli.json("customers", "list") if c["registered_user_id"] == user_id)
     return bool(cli.json("customers", "show", str(record["id"]))["opted_out"])
+
+
+def test_behind_a_tls_proxy_forms_from_the_public_address_are_ours(console):
+    """The console sees http from the proxy; the browser's Origin is the public https address."""
+    c = console.client
+    ours = c.post("/signin", {"address": "alice@acme.test"}, headers={"Origin": PUBLIC})
+    assert ours.status == 200
+    theirs = c.post("/signin", {"address": "alice@acme.test"}, headers={"Origin": "https://evil.example"})
+    assert theirs.status == 403

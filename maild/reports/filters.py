@@ -94,13 +94,16 @@ class Filters:
 
     def window(self, now: datetime) -> Window:
         """The [start, end) this report covers: DEFAULT_DAYS up to now unless given."""
-        if self.until is None:
-            end = now
-        elif isinstance(self.until, datetime):
-            end = _start_of(self.until)
-        else:
-            end = _start_of(self.until + timedelta(days=1))
-        start = _start_of(self.since) if self.since is not None else end - timedelta(days=DEFAULT_DAYS)
+        try:
+            if self.until is None:
+                end = now
+            elif isinstance(self.until, datetime):
+                end = _start_of(self.until)
+            else:
+                end = _start_of(self.until + timedelta(days=1))
+            start = _start_of(self.since) if self.since is not None else end - timedelta(days=DEFAULT_DAYS)
+        except OverflowError:
+            raise FilterError("the dates are outside the calendar maild can count in") from None
         if start >= end:
             raise FilterError(f"since ({start.isoformat()}) must be before until ({end.isoformat()})")
         if end - start > timedelta(days=MAX_DAYS):

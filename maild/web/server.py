@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -38,6 +39,7 @@ CSP = ("default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self' 
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 SIGNED = web.RequestKey("signed", SignedIn)
 REP = web.RequestKey("rep", RepView)
+PUBLIC_ORIGIN = web.AppKey("public_origin", str)
 
 
 class Console:
@@ -99,7 +101,11 @@ def is_public(path: str) -> bool:
 def same_origin(request: web.Request) -> bool:
     """A POST from our own pages: no Origin header (old clients), or ours."""
     origin = request.headers.get("Origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}"
+    if origin is None or origin == f"{request.scheme}://{request.host}":
+        return True
+    # Behind a TLS-terminating proxy the request arrives as http: the public address counts too.
+    public = request.app.get(PUBLIC_ORIGIN)
+    return public is not None and origin == public
 
 
 def check_csrf(request: web.Request, form: Any) -> None:
@@ -142,6 +148,9 @@ def make_app(console: Console, signer: TokenSigner | None = None) -> web.Applica
             h["Cache-Control"] = "no-store"
 
     app = web.Application(middlewares=[session_check], client_max_size=64 * 1024)
+    if console.settings.web.public_url:
+        parts = urlsplit(console.settings.web.public_url)
+        app[PUBLIC_ORIGIN] = f"{parts.scheme}://{parts.netloc}"
     app.on_response_prepare.append(headers)
     pages.add_routes(app, console)
     if signer is not None:
