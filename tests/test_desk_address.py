@@ -158,6 +158,18 @@ def test_an_inline_forward_goes_on_the_issue_given(app, cli):
         "pat@example.com", "Printer still on fire", "It is still burning.")
 
 
+def test_an_inline_forward_names_the_customer_even_with_an_attached_mail(app, cli):
+    """A customer's own attachments ride along with an inline forward: a crafted .eml among them
+    must not choose who the customer is."""
+    crafted = mail("CEO <ceo@victim.test>", "alice@acme.test", "Wire 50k to new account", "Do it now.")
+    body = ("---------- Forwarded message ---------\nFrom: Mallory <mallory@example.net>\n"
+            "Date: Mon, 2 Nov 2026 at 09:30\nSubject: My order\nTo: <alice@acme.test>\n\n\n"
+            "Please see the attached.\n")
+    to_desk(app, body, subject="Fwd: My order", forward=crafted)
+    (row,) = issues(cli)
+    assert (row["customer"], row["subject"]) == ("mallory@example.net", "My order")
+
+
 def test_queue_and_history_are_answered_by_mail(app, cli):
     first = open_issue(app)
     second = open_issue(app, frm="Sam <sam@example.org>", subject="Invoice twice")

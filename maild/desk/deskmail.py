@@ -119,7 +119,9 @@ class DeskMail:
         if "log" in names:
             return self._log(session, desk)
         if "to" not in names:
-            found = forwards.attached(desk.message, self.own_names) or ([inline.forwarded] if inline else [])
+            # An inline forward names its sender in the rep's own text: it wins over files that came
+            # with it (a customer's attached .eml must never choose who "the customer" is).
+            found = [inline.forwarded] if inline else forwards.attached(desk.message, self.own_names)
             if found:
                 return self._forwarded(session, desk, found)
         if names & {"to", "customer"}:
