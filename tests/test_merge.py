@@ -118,3 +118,13 @@ def test_after_a_split_the_customer_s_reply_to_the_split_off_mail_lands_on_the_n
     assert deliver(app, raw).issue_id == new
     raw, _ = mail("Pat <pat@example.com>", "Re: Two things", "And the invoice?", in_reply_to=first)
     assert deliver(app, raw).issue_id == a
+
+
+def test_a_reply_that_merges_its_issue_is_filed_on_the_issue_it_went_into(app, cli):
+    a = conversation(app, "Pat <pat@example.com>", "Order late", ["Where is it?"])
+    b = conversation(app, "Pat <pat@example.com>", "Order still late", ["Still waiting."])
+    rep_mail(app, a, f"#merge {b}\nThanks Pat, I put your two requests together.")
+    assert interaction_ids(cli, a) == []
+    outbound = [i for i in cli.json("issues", "show", str(b))["interactions"] if i["direction"] == "outbound"
+                and "put your two requests together" in (i["new_text"] or "")]
+    assert len(outbound) == 1

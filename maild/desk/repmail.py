@@ -67,6 +67,8 @@ class RepMail:
         if errors:
             self._tell_rep(session, ctx, "Your mail was not sent", _errors_text(errors))
             return
+        if ctx.issue.merged_into_id is not None:  # #merge N: the reply belongs to the issue it went into
+            ctx = RepContext(ctx.rep, session.get_one(Issue, ctx.issue.merged_into_id), ctx.interaction)
         self.assignments.announce(session, Change(ctx.issue, holder, ctx.rep))
         asked = [c for c in parsed.commands if c.name == "attachments"]
         if asked:
