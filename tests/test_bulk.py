@@ -223,3 +223,20 @@ def test_kill_9_mid_campaign_then_resume_sends_nobody_twice(bulk_app, sink, tmp_
         assert s.scalar(select(func.count()).select_from(CampaignRecipient)) == n
         assert s.scalar(select(func.count(func.distinct(Issue.customer_id)))) == n
         assert s.scalar(select(func.count()).select_from(Customer).where(Customer.opted_out_at.is_not(None))) == 0
+
+
+def test_unsubscribing_from_a_campaign_mail_whose_issue_was_merged_opts_out_its_own_customer(bulk_app, sink,
+                                                                                              tmp_path):
+    app, cli = bulk_app, bulk_app.cli
+    _import(app, tmp_path)
+    assert cli("bulk", "send", "--template", "newsletter", "--list", "newsletter").exit_code == 0
+    _send_all(app)
+    got = {env["to"][0]: msg for env, msg in sink.messages()}
+    issue_of = {to: int(re.search(r"\[#(\d+)\]", str(msg["Subject"])).group(1)) for to, msg in got.items()}
+    r = cli("issues", "merge", str(issue_of["pat@example.com"]), str(issue_of["kim@example.com"]))
+    assert r.exit_code == 0, r.output
+    ingest(app, mail("Pat <pat@example.com>", subject="unsubscribe", body="").replace(
+        b"To: support@acme.test", b"To: " + _unsubscribe_address(got["pat@example.com"]).encode()))
+    opted = {c["registered_user_id"]: cli.json("customers", "show", str(c["id"]))["opted_out"]
+             for c in cli.json("customers", "list") if c["registered_user_id"] in ("u1", "u2")}
+    assert bool(opted["u1"]) and not opted["u2"]

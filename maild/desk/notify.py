@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, selectinload
 from maild.config import Settings
 from maild.ingest.stages.records import Stored
 from maild.subjects import subject_tag
-from maild.models import Action, CustomerAddress, Interaction, Issue, OutboxMessage, Rep, utcnow
+from maild.models import Action, CustomerAddress, Interaction, Issue, OutboxMessage, RawMessage, Rep, utcnow
 from maild.tokens import TokenSigner
 from maild.outbound.compose import Outgoing
 from maild.outbound.decide import DecideContext, FileView, HistoryLine, IssueView, RepView, TriggerView, decide
@@ -65,7 +65,7 @@ class Notifier:
             raise ValueError(f"stored interaction without ids: interaction={stored.interaction_id} "
                              f"issue={stored.issue_id}")
         if stored.token_purpose == "unsubscribe":  # a campaign's unsubscribe address: an opt-out, nothing sent
-            opt_out(session, stored.issue_id)
+            opt_out(session, self._unsubscribing(session, stored))
             return
         interaction = session.get_one(Interaction, stored.interaction_id)
         if interaction.bounce:
@@ -90,6 +90,21 @@ class Notifier:
         for out in decide(stored, issue, trigger, self._context(session, issue)):
             row = enqueue(session, out, self.policy)
             log.info("queued outbox=%s kind=%s issue=%s to=%s", row.id, out.kind, out.issue_id, ",".join(out.to))
+
+    def _unsubscribing(self, session: Session, stored: Stored) -> int:
+        """The campaign issue the unsubscribe token names: its customer is the one who asked,
+        even when threading followed a merge of that issue to someone else's."""
+        raw = session.get(RawMessage, stored.raw_id)
+        interaction = session.get(Interaction, stored.interaction_id)
+        candidates = [*(raw.envelope_to if raw else ()), *(interaction.to if interaction else ()),
+                      *(interaction.cc if interaction else ())]
+        for address in candidates:
+            _, plus, token = str(address).partition("@")[0].partition("+")
+            named = self.signer.verify(token) if plus and self.signer is not None else None
+            if named is not None and named.purpose == "unsubscribe" and named.issue_id is not None:
+                return named.issue_id
+        assert stored.issue_id is not None
+        return stored.issue_id
 
     def _may_notify(self, stored: Stored) -> bool:
         """Whether `decide` can notify reps of this mail (only then are its files read)."""
