@@ -93,6 +93,21 @@ def test_a_forged_probe_header_is_ordinary_mail(app):
     assert app.selftest.probes([token])[0].returned_at is None
 
 
+def test_a_validly_signed_probe_header_on_someone_else_s_mail_is_ordinary_mail(app):
+    """A probe's signed header copied onto another mail (someone saw one), or replayed once the
+    probe is back: the mail is a customer's like any other, never swallowed as a probe."""
+    app.selftest.send("manual", "billing")
+    ((to, data),) = queued_probes(app)
+    header = data.split(b"X-Maild-Probe: ", 1)[1].split(b"\r\n", 1)[0].split(b"\n", 1)[0].decode().strip()
+    copied = (f"X-Maild-Probe: {header}\r\nFrom: Mallory <mallory@example.com>\r\nTo: {to}\r\n"
+              "Subject: Refund\r\nMessage-ID: <copied@example.com>\r\n\r\nA real question.\r\n").encode()
+    stored = come_back(app, copied, to)
+    assert stored.outcome == "interaction" and stored.new_issue
+    assert come_back(app, data, to).outcome == "probe"  # the probe itself, from our address
+    replayed = data.replace(b"Message-ID: <", b"Message-ID: <replayed.")
+    assert come_back(app, replayed, to).outcome == "own-mail"  # back already: our own mail, not a probe
+
+
 def test_a_failing_address_alerts_once_and_clears_once(app):
     start = utcnow()
     app.selftest.send("schedule", "billing", now=start)  # never comes back

@@ -31,7 +31,7 @@ from maild.ingest.stages.lookup import DbLookup
 from maild.ingest.stages.records import Classification, ParsedMessage
 from maild.ingest.stages.store import Stored, mark_done, store
 from maild.ingest.stages.thread import ThreadContext, parent_ids, prove_rep, thread, unsubscribe_request
-from maild.models import RawMessage, Rep, utcnow
+from maild.models import RawMessage, Rep, SelftestProbe, utcnow
 from maild.probes import ProbeSigner
 from maild.subjects import subject_tag_re
 from maild.tokens import TokenSigner
@@ -150,10 +150,21 @@ class Pipeline:
         relays = frozenset(self.rules.key(a) for a in settings.ingest.relay_senders)
         self.identify_ctx = IdentifyContext(self.rules, own, reps, relays)
 
+    def _probe_token(self, lookup: DbLookup, msg: ParsedMessage, value: str) -> str | None:
+        """The token of our own self-test probe coming back: signed by us, from our own address,
+        and still awaited. Anything else with the header (a copy someone kept, a forgery) is
+        ordinary mail: a signature alone never makes a mail disappear."""
+        token = self.probes.verify(value) if self.probes is not None else None
+        if token is None or msg.from_ is None or msg.from_.email.lower() not in {a.lower() for a in self.own}:
+            return None
+        awaited = lookup.session.scalar(
+            select(SelftestProbe.id).where(SelftestProbe.token == token, SelftestProbe.returned_at.is_(None)))
+        return token if awaited is not None else None
+
     def _settle(self, lookup: DbLookup, raw: Row, msg: ParsedMessage, cls: Classification,
                 current: list[str]) -> Stored:
         """identify, thread, store, emit: the stages that need the database."""
-        if cls.probe and self.probes is not None and (token := self.probes.verify(cls.probe)):
+        if cls.probe and (token := self._probe_token(lookup, msg, cls.probe)):
             # Our own self-test probe back through the intake: never an issue, only its return recorded.
             current[0] = "emit"
             probe = Stored(raw.id, "probe", raw.mailbox, auto="probe", source=raw.source, probe=token)
