@@ -240,3 +240,27 @@ def test_unsubscribing_from_a_campaign_mail_whose_issue_was_merged_opts_out_its_
     opted = {c["registered_user_id"]: cli.json("customers", "show", str(c["id"]))["opted_out"]
              for c in cli.json("customers", "list") if c["registered_user_id"] in ("u1", "u2")}
     assert bool(opted["u1"]) and not opted["u2"]
+
+
+def test_an_opt_out_stops_campaign_mail_still_waiting_in_the_outbox(bulk_app, sink, tmp_path):
+    """A throttled campaign queued hours of mail; who unsubscribes meanwhile gets none of it."""
+    from datetime import timedelta
+
+    from maild.models import utcnow
+
+    app, cli = bulk_app, bulk_app.cli
+    _import(app, tmp_path)
+    assert cli("bulk", "send", "--template", "newsletter", "--list", "newsletter").exit_code == 0
+    _send_all(app)
+    first = {env["to"][0]: msg for env, msg in sink.messages()}
+    slow = json.loads(cli("bulk", "send", "--template", "newsletter", "--list", "newsletter", "--rate", "1",
+                          "--json").stdout)
+    assert slow["queued"] == 2
+    # Kim unsubscribes (from the first campaign's mail) before the second reaches her.
+    ingest(app, mail("Kim <kim@example.com>", subject="unsubscribe", body="").replace(
+        b"To: support@acme.test", b"To: " + _unsubscribe_address(first["kim@example.com"]).encode()))
+    app.sender.run_once(now=utcnow() + timedelta(hours=1))
+    later = [env["to"][0] for env, _ in sink.messages()[len(first):]]
+    assert later == ["pat@example.com"]
+    status = cli.json("bulk", "status", str(slow["id"]))
+    assert status["sent"] == 1

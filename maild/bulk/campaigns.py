@@ -254,6 +254,14 @@ class Campaigns:
                      due: datetime, step: timedelta) -> datetime:
         ids = [r.customer_id for r in pending]
         customers = {c.id: c for c in session.scalars(select(Customer).where(Customer.id.in_(ids)))}
+        # Chosen when the campaign was made; queued perhaps much later (resume): re-check the opt-outs.
+        for r in pending:
+            c = customers.get(r.customer_id)
+            if c is None or c.opted_out_at is not None or c.merged_into_id is not None:
+                r.state = "cancelled"
+        pending = [r for r in pending if r.state != "cancelled"]
+        if not pending:
+            return due
         facts = _facts(session, ids)
         gift = (Gift(campaign.gift_amount, campaign.gift_currency, campaign.gift_expires)
                 if campaign.gift_amount is not None and campaign.gift_currency else None)

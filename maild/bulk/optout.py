@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from maild.models import Customer, Issue, utcnow
+from maild.models import Customer, Issue, OutboxMessage, utcnow
 
 log = logging.getLogger("maild.bulk")
 
@@ -30,4 +31,13 @@ def opt_out(session: Session, issue_id: int) -> int | None:
     if customer.opted_out_at is None:
         customer.opted_out_at = utcnow()
         log.info("opted out customer=%s issue=%s", customer.id, issue_id)
+    # Campaign mail to them still waiting in the outbox (a throttled campaign) is not sent.
+    theirs = select(Issue.id).where(Issue.customer_id.in_(
+        select(Customer.id).where((Customer.id == customer.id) | (Customer.merged_into_id == customer.id))))
+    stopped = session.connection().execute(
+        update(OutboxMessage).where(OutboxMessage.kind == "campaign", OutboxMessage.status == "queued",
+                                    OutboxMessage.issue_id.in_(theirs))
+        .values(status="cancelled", last_error="the customer opted out of bulk mail")).rowcount
+    if stopped:
+        log.info("opted out customer=%s: %d queued campaign mail(s) cancelled", customer.id, stopped)
     return customer.id
