@@ -154,9 +154,17 @@ class Handlers:
         form = await request.post()
         address = form.get("address", "")
         if isinstance(address, str) and address.strip():
-            await self.c.call(self.c.signin.request_link, address)
+            # Queued after the answer, off the request: neither the page nor its timing tells
+            # anyone who is a rep (only a rep's address costs a write).
+            self.c.pool.submit(self._request_link, address)
         # The same answer whoever asked: the page tells nobody who is a rep.
         return self.c.render(request, "signin_sent.html", minutes=round(self.c.settings.web.signin_minutes))
+
+    def _request_link(self, address: str) -> None:
+        try:
+            self.c.signin.request_link(address)
+        except Exception:
+            log.exception("sign-in link for %r could not be queued", address[:320])
 
     async def signin_confirm(self, request: web.Request) -> web.Response:
         token = request.match_info["token"]
