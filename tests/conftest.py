@@ -90,6 +90,17 @@ def config_path(tmp_path, db_url, monkeypatch):
 
 
 @pytest.fixture
+def sink(tmp_path):
+    """tests/smtp_sink.py running in a process of its own on a free loopback port."""
+    from test_outbound import SinkProcess, free_port
+
+    s = SinkProcess(tmp_path / "sink", free_port())
+    s.folder.mkdir()
+    yield s.start()
+    s.stop()
+
+
+@pytest.fixture
 def settings(config_path):
     from maild.config import load
 

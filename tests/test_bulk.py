@@ -20,15 +20,6 @@ from maild.config import load
 from maild.models import CampaignRecipient, Customer, GiftCertificate, Issue, OutboxMessage
 from conftest import REPO, SECRET, Cli, run_maild, write_config
 from customer_helpers import ingest, mail
-from test_outbound import SinkProcess, free_port
-
-
-@pytest.fixture
-def sink(tmp_path):
-    s = SinkProcess(tmp_path / "sink", free_port())
-    s.folder.mkdir()
-    yield s.start()
-    s.stop()
 
 
 @pytest.fixture

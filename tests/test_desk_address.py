@@ -25,7 +25,7 @@ from maild.models import OutboxMessage, RawMessage, Rep
 from maild.tokens import TokenSigner
 from conftest import SECRET, run_maild
 from daemon_helpers import Maild, daemon_config, smtp_client
-from test_outbound import SinkProcess, free_port, outbound
+from test_outbound import outbound
 from test_rep_commands import deliver, open_issue, outbox, rep_mail, show
 
 _n = count(1)
@@ -239,11 +239,8 @@ def _send(config, frm: str, to: str, raw: bytes) -> None:
 
 
 @pytest.fixture
-def relay(tmp_path):
-    sink = SinkProcess(tmp_path / "sink", free_port())
-    sink.folder.mkdir()
-    yield sink.start()
-    sink.stop()
+def relay(sink):
+    return sink
 
 
 @pytest.mark.slow

@@ -20,21 +20,13 @@ from maild.daemon import build_daemon
 from maild.desk.lifecycle import PendingCloser
 from maild.models import utcnow
 from conftest import SECRET, write_config
-from test_outbound import SinkProcess, free_port, outbound
+from test_outbound import outbound
 from test_rep_commands import _mail, deliver, open_issue, outbox, rep_mail, show, state
 
 MAILBOXES = (
     '[[mailbox]]\nname = "support"\naddress = "support@acme.test"\npending_close_days = 7\n\n'
     '[[mailbox]]\nname = "billing"\naddress = "billing@acme.test"\ncategory = "billing"\n'
 )
-
-
-@pytest.fixture
-def sink(tmp_path):
-    s = SinkProcess(tmp_path / "sink", free_port())
-    s.folder.mkdir()
-    yield s.start()
-    s.stop()
 
 
 @pytest.fixture

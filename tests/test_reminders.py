@@ -10,41 +10,22 @@ from __future__ import annotations
 
 import email
 import email.policy
-import time
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
-from itertools import count
 
 import pytest
 from sqlalchemy import func, select, update
 
 from maild.app import build
 from maild.config import load
-from maild.ingest.intake import Incoming, accept
 from maild.models import Issue, OutboxMessage, Rep, TurnaroundNotice
+from test_rep_commands import _mail, deliver
 from conftest import SECRET, run_maild, write_config
 
-_ids = count(1)
 OPENED = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)  # a Monday; 24x7, 24 hours to answer (the default)
 CONFIG = """
 [sla]
 escalate_to = ["lead@acme.test"]
 """
-
-
-def _mail(frm: str, to: str, subject: str, body: str) -> bytes:
-    m = EmailMessage()
-    m["From"], m["To"], m["Subject"] = frm, to, subject
-    m["Message-ID"] = f"<r{next(_ids)}.{time.monotonic_ns()}@example.com>"
-    m.set_content(body)
-    return m.as_bytes()
-
-
-def deliver(app, raw: bytes, envelope_to: tuple[str, ...] = ()):
-    accepted = accept(app.sessions, Incoming(raw, "support", "test", envelope_to=envelope_to))
-    (outcome,) = app.pipeline.process([accepted.raw_id])
-    assert outcome.state == "done" and outcome.stored is not None, outcome.error
-    return outcome.stored
 
 
 @pytest.fixture

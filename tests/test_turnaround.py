@@ -9,10 +9,7 @@ reopened. A rep's reply records the first response, a close the resolution.
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
-from itertools import count
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -22,12 +19,11 @@ from maild.app import build
 from maild.config import ConfigError, load
 from maild.config_desk import CalendarConfig
 from maild.desk.calendar import Calendar, elapsed, seconds
-from maild.ingest.intake import Incoming, accept
 from maild.models import Issue, IssuePause, OutboxMessage, Rep, utcnow
+from test_rep_commands import _mail, deliver
 from conftest import SECRET, write_config
 
 BERLIN = ZoneInfo("Europe/Berlin")
-_ids = count(1)
 
 
 def office(**kw) -> Calendar:
@@ -119,21 +115,6 @@ def desk(tmp_path, db_url, monkeypatch):
     a = build(load(write_config(tmp_path / "maild.toml", db_url, extra=POLICY)))
     yield a
     a.close()
-
-
-def _mail(frm: str, to: str, subject: str, body: str) -> bytes:
-    m = EmailMessage()
-    m["From"], m["To"], m["Subject"] = frm, to, subject
-    m["Message-ID"] = f"<t{next(_ids)}.{time.monotonic_ns()}@example.com>"
-    m.set_content(body)
-    return m.as_bytes()
-
-
-def deliver(app, raw: bytes, envelope_to: tuple[str, ...] = ()):
-    accepted = accept(app.sessions, Incoming(raw, "support", "test", envelope_to=envelope_to))
-    (outcome,) = app.pipeline.process([accepted.raw_id])
-    assert outcome.state == "done" and outcome.stored is not None, outcome.error
-    return outcome.stored
 
 
 def open_issue(app, opened: datetime, subject: str = "Printer on fire") -> int:
