@@ -98,11 +98,9 @@ class Notifier:
         interaction = session.get(Interaction, stored.interaction_id)
         candidates = [*(raw.envelope_to if raw else ()), *(interaction.to if interaction else ()),
                       *(interaction.cc if interaction else ())]
-        for address in candidates:
-            _, plus, token = str(address).partition("@")[0].partition("+")
-            named = self.signer.verify(token) if plus and self.signer is not None else None
-            if named is not None and named.purpose == "unsubscribe" and named.issue_id is not None:
-                return named.issue_id
+        named = self.signer.find(candidates, self.settings.own_addresses) if self.signer is not None else None
+        if named is not None and named.purpose == "unsubscribe" and named.issue_id is not None:
+            return named.issue_id
         assert stored.issue_id is not None
         return stored.issue_id
 

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from maild.customers import queries as customers
 from maild.desk.picklists import picks_by_interaction
 from maild.timefmt import iso as _iso
-from maild.models import Action, Category, Customer, CustomerAddress, Interaction, Issue, OutboxMessage, Rep
+from maild.models import Action, Customer, Interaction, Issue, OutboxMessage, Rep
 
 
 def _primary_email(customer: Customer | None) -> str | None:
     return customer.addresses[0].email if customer and customer.addresses else None
 
 
-def _issue_row(issue: Issue, count: int, last: datetime | None) -> dict:
+def issue_row(issue: Issue, count: int, last: datetime | None) -> dict:
     return {
         "id": issue.id,
         "status": issue.status,
@@ -38,32 +38,6 @@ def _issue_row(issue: Issue, count: int, last: datetime | None) -> dict:
         "closed": _iso(issue.closed_at),
         "interactions": count,
     }
-
-
-def list_issues(
-    session: Session, status: str | None = None, category: str | None = None, customer: str | None = None,
-    limit: int | None = None,
-) -> list[dict]:
-    counts = (
-        select(Action.issue_id, func.count(Action.id).label("n"), func.max(Action.created_at).label("last"))
-        .group_by(Action.issue_id)
-        .subquery()
-    )
-    q = (
-        select(Issue, func.coalesce(counts.c.n, 0), counts.c.last)
-        .outerjoin(counts, counts.c.issue_id == Issue.id)
-        .options(selectinload(Issue.category), selectinload(Issue.customer).selectinload(Customer.addresses))
-        .order_by(Issue.id)
-    )
-    if status:
-        q = q.where(Issue.status == status)
-    if category:
-        q = q.where(Issue.category.has(Category.name == category))
-    if customer:  # the comparison form of an address (AddressRules.key)
-        q = q.where(Issue.customer_id.in_(select(CustomerAddress.customer_id).where(CustomerAddress.key == customer)))
-    if limit:
-        q = q.limit(limit)
-    return [_issue_row(issue, n, last) for issue, n, last in session.execute(q)]
 
 
 def interaction_json(i: Interaction, rep_names: dict[int, str] | None = None) -> dict:
@@ -106,7 +80,7 @@ def show_issue(session: Session, issue_id: int) -> dict | None:
         .order_by(Interaction.id)
     ).all()
     last = max((i.created_at for i in interactions), default=None)
-    out = _issue_row(issue, len(interactions), last)
+    out = issue_row(issue, len(interactions), last)
     out["cc"] = list(issue.cc)
     out["order_id"] = issue.order_id
     out["gift_certificate_id"] = issue.gift_certificate_id

@@ -18,7 +18,7 @@ from datetime import datetime
 from sqlalchemy import Select, and_, bindparam, case, func, or_, select, text
 from sqlalchemy.orm import Session, selectinload
 
-from maild.desk.queries import _issue_row
+from maild.desk.queries import issue_row
 from maild.models import Action, Category, Customer, CustomerAddress, Issue, Rep
 
 SEARCH_WINDOW = 5000  # newest matching interactions ranked per search
@@ -134,7 +134,7 @@ def _where(q: Select, f: IssueFilter, dialect: str, updated) -> Select:
 
 
 def _row(issue: Issue, count: int, last: datetime | None) -> dict:
-    return _issue_row(issue, count, last) | {
+    return issue_row(issue, count, last) | {
         "priority_rank": PRIORITY_ORDER.index(issue.priority) if issue.priority in PRIORITY_ORDER else None,
         "order_id": issue.order_id,
         "gift_certificate_id": issue.gift_certificate_id,

@@ -16,17 +16,16 @@ import hashlib
 import re
 from dataclasses import dataclass
 from collections.abc import Iterable, Sequence
-from typing import cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from maild.models import RawMessage, RawMessageCopy, utcnow
+from maild.models import RawMessage, RawMessageCopy, table_of, utcnow
 
-_RAW = cast(Table, RawMessage.__table__)
-_COPIES = cast(Table, RawMessageCopy.__table__)
+_RAW = table_of(RawMessage)
+_COPIES = table_of(RawMessageCopy)
 MESSAGE_ID_RE = re.compile(rb"^message-id:[ \t]*(?:\r?\n[ \t]+)*<([^<>\s]{1,250})>", re.I | re.M)
 
 

@@ -31,7 +31,7 @@ from maild.ingest.stages.lookup import DbLookup
 from maild.ingest.stages.records import Classification, ParsedMessage
 from maild.ingest.stages.store import Stored, mark_done, store
 from maild.ingest.stages.thread import ThreadContext, parent_ids, prove_rep, thread, unsubscribe_request
-from maild.models import RawMessage, Rep, SelftestProbe, utcnow
+from maild.models import RawMessage, Rep, SelftestProbe, table_of, utcnow
 from maild.probes import ProbeSigner
 from maild.subjects import subject_tag_re
 from maild.tokens import TokenSigner
@@ -256,7 +256,7 @@ class Pipeline:
     def _pending(self, session: Session, raw_ids: list[int], data: bool) -> list[Row]:
         """The still-pending rows among raw_ids (id, mailbox, source, envelope_to, and
         data if asked), locked against another processor (PostgreSQL)."""
-        t = RawMessage.__table__
+        t = table_of(RawMessage)
         columns = [t.c.id, t.c.mailbox, t.c.source, t.c.envelope_to, t.c.envelope_from] + ([t.c.data] if data else [])
         q = select(*columns).where(t.c.id.in_(raw_ids), t.c.state == "pending").order_by(t.c.id)
         return list(session.connection().execute(q.with_for_update(skip_locked=True)))

@@ -27,14 +27,14 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, cast
+from typing import Protocol
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.config import Settings
 from maild.db import is_transient
-from maild.models import OutboxMessage, utcnow
+from maild.models import OutboxMessage, table_of, utcnow
 from maild.outbound.relays import (
     ConnectionLost, LostInData, Permanent, RelayConfig, Results, Temporary, open_relay,
 )
@@ -42,7 +42,7 @@ from maild.timefmt import aware
 
 log = logging.getLogger("maild.outbound")
 
-OUTBOX = cast(Table, OutboxMessage.__table__)
+OUTBOX = table_of(OutboxMessage)
 GATHER = 0.02  # seconds to gather more results into one commit once one is in
 UNKNOWN_ERROR = ("delivery uncertain twice: a sender stopped while sending it; it may or may not have arrived, "
                  "and it is not sent again")

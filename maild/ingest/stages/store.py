@@ -54,7 +54,7 @@ def _unless_there(dialect: str, table, key):
 
 _DIALECTS = ("postgresql", "sqlite")
 _CLAIM_ADDRESS = {d: _unless_there(d, _addresses, _addresses.c.key).returning(_addresses.c.id) for d in _DIALECTS}
-_NEW_BLOB = {d: _unless_there(d, Blob.__table__, Blob.__table__.c.sha256) for d in _DIALECTS}
+_NEW_BLOB = {d: _unless_there(d, table_of(Blob), table_of(Blob).c.sha256) for d in _DIALECTS}
 
 
 class NoSender(Exception):
