@@ -13,49 +13,16 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from maild.config_backoffice import BulkConfig, DigestConfig, ReportsConfig, WebConfig
+from maild.config_base import (
+    Strict, check_address, check_addresses, check_env_name, check_hostport,
+)
 from maild.config_desk import CalendarConfig, SelftestConfig, SlaConfig, TurnaroundConfig, check_references
-
-ADDRESS_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.:-]*?):(\d{1,5})$")
-
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or invalid."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_address(value: str) -> str:
-    if not ADDRESS_RE.match(value):
-        raise ValueError(f"{value!r} is not an email address")
-    return value.strip()
-
-
-def _check_addresses(values: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(_check_address(a) for a in values)
-
-
-def _check_hostport(value: str) -> str:
-    m = HOSTPORT_RE.match(value)
-    if not m or not 0 < int(m.group(2)) < 65536:
-        raise ValueError(f"{value!r} is not host:port")
-    return value
-
-
-def _check_env_name(value: str | None) -> str | None:
-    if value is not None and not ENV_NAME_RE.match(value):
-        raise ValueError(f"{value!r} is not an environment variable name")
-    return value
-
-
-def split_hostport(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def _check_database_url(value: str) -> str:
@@ -71,13 +38,13 @@ def _check_database_url(value: str) -> str:
     return value
 
 
-class DatabaseConfig(_Strict):
+class DatabaseConfig(Strict):
     url: str = "sqlite:///maild.db"
 
     _url = field_validator("url")(_check_database_url)
 
 
-class SmtpConfig(_Strict):
+class SmtpConfig(Strict):
     listen: str = "127.0.0.1:8025"
     lmtp_listen: str | None = None
     max_message_size: int = Field(default=25 * 1024 * 1024, gt=0)
@@ -97,8 +64,8 @@ class SmtpConfig(_Strict):
     spool_threshold: int = Field(default=1024 * 1024, gt=0)  # bytes of a message in memory before a temp file
     max_data_memory: int = Field(default=100 * 1024 * 1024, gt=0)  # bytes of received mail held for stores at once
 
-    _listen = field_validator("listen", "lmtp_listen")(lambda v: v if v is None else _check_hostport(v))
-    _env = field_validator("auth_users_env")(_check_env_name)
+    _listen = field_validator("listen", "lmtp_listen")(lambda v: v if v is None else check_hostport(v))
+    _env = field_validator("auth_users_env")(check_env_name)
 
     @model_validator(mode="after")
     def _tls_pair(self):
@@ -107,7 +74,7 @@ class SmtpConfig(_Strict):
         return self
 
 
-class DaemonConfig(_Strict):
+class DaemonConfig(Strict):
     drain_batch: int = Field(default=4, gt=0)  # messages per pipeline transaction in `maild run`, when idle
     max_drain_batch: int = Field(default=200, gt=0)  # ... growing up to this many with the backlog
     drain_interval: float = Field(default=5.0, gt=0)  # seconds between looks for mail from other paths
@@ -124,12 +91,12 @@ def _check_relay(value: str) -> str:
             raise ValueError(f"{value!r} names no path")
         return value
     try:
-        return _check_hostport(value)
+        return check_hostport(value)
     except ValueError:
         raise ValueError(f"{value!r} is not host:port, maildir:PATH or mbox:PATH") from None
 
 
-class OutboundConfig(_Strict):
+class OutboundConfig(Strict):
     relay: str = "127.0.0.1:25"  # or maildir:PATH / mbox:PATH, relative to the working directory
     connections: int = Field(default=4, gt=0, le=64)  # relay conversations the sender holds in parallel
     starttls: bool = False
@@ -152,43 +119,16 @@ class OutboundConfig(_Strict):
     max_attachment_size: int = Field(default=20 * 1024 * 1024, gt=0)
 
     _relay = field_validator("relay")(_check_relay)
-    _env = field_validator("user_env", "password_env")(_check_env_name)
+    _env = field_validator("user_env", "password_env")(check_env_name)
 
 
-class SecurityConfig(_Strict):
+class SecurityConfig(Strict):
     secret_env: str = "MAILD_SECRET"
 
-    _env = field_validator("secret_env")(_check_env_name)
+    _env = field_validator("secret_env")(check_env_name)
 
 
-class WebConfig(_Strict):
-    """The web console (maild/web): off unless `listen` is set."""
-
-    listen: str | None = None  # host:port of the console, /metrics and /healthz; loopback unless you mean it
-    public_url: str | None = None  # the console's address as reps reach it, for links in mail; default http://listen
-    secure_cookies: bool = False  # mark the session cookie Secure: set when the console is reached over TLS
-    session_hours: float = Field(default=12.0, gt=0)  # a signed-in rep stays signed in this long
-    signin_minutes: float = Field(default=15.0, gt=0, le=60)  # a mailed sign-in link works this long, once
-    mailbox: str | None = None  # the mailbox sign-in links are sent from; default the first
-
-    _listen = field_validator("listen")(lambda v: v if v is None else _check_hostport(v))
-
-    @field_validator("public_url")
-    @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
-            raise ValueError(f"{v!r} is not an http:// or https:// URL")
-        return v.rstrip("/") if v else v
-
-
-class BulkConfig(_Strict):
-    """Campaigns (`maild bulk send`)."""
-
-    mailbox: str | None = None  # the mailbox campaigns are sent from; default the first
-    rate: int = Field(default=600, gt=0)  # mails per minute when `bulk send` gives no --rate
-
-
-class ThreadingConfig(_Strict):
+class ThreadingConfig(Strict):
     # Subject tags look like "[#123]", or "[PREFIX #123]" when a prefix is set,
     # so another system's "[#123]" tags never match ours.
     tag_prefix: str = ""
@@ -201,7 +141,7 @@ class ThreadingConfig(_Strict):
         return v
 
 
-class IngestConfig(_Strict):
+class IngestConfig(Strict):
     max_message_size: int = Field(default=50 * 1024 * 1024, gt=0)
     fold_plus_addresses: bool = True  # customer+tag@x matches customer@x
     case_sensitive_local_part: bool = False
@@ -213,10 +153,10 @@ class IngestConfig(_Strict):
     parse_timeout: float = Field(default=20.0, gt=0)  # seconds
     parse_memory: int = Field(default=1024 * 1024 * 1024, ge=16 * 1024 * 1024)  # bytes beyond the worker's own
 
-    _relays = field_validator("relay_senders")(lambda v: _check_addresses(v))
+    _relays = field_validator("relay_senders")(lambda v: check_addresses(v))
 
 
-class ImapConfig(_Strict):
+class ImapConfig(Strict):
     host: str
     port: int = Field(default=993, gt=0, lt=65536)
     tls: Literal["none", "starttls", "tls"] = "tls"
@@ -229,7 +169,7 @@ class ImapConfig(_Strict):
     keep_on_server: bool = False
     oversize_folder: str = "maild-oversize"  # where mail over ingest.max_message_size is moved, unstored
 
-    _env = field_validator("password_env", "oauth2_token_env")(_check_env_name)
+    _env = field_validator("password_env", "oauth2_token_env")(check_env_name)
 
     @model_validator(mode="after")
     def _credentials(self):
@@ -238,7 +178,7 @@ class ImapConfig(_Strict):
         return self
 
 
-class MailboxConfig(_Strict):
+class MailboxConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     address: str
     aliases: tuple[str, ...] = ()
@@ -254,31 +194,31 @@ class MailboxConfig(_Strict):
     pending_close_days: float | None = Field(default=None, gt=0)
     imap: ImapConfig | None = None
 
-    _addr = field_validator("address")(_check_address)
+    _addr = field_validator("address")(check_address)
 
-    _aliases = field_validator("aliases")(lambda v: _check_addresses(v))
+    _aliases = field_validator("aliases")(lambda v: check_addresses(v))
 
     @property
     def all_addresses(self) -> tuple[str, ...]:
         return (self.address.lower(), *(a.lower() for a in self.aliases))
 
 
-class RepConfig(_Strict):
+class RepConfig(Strict):
     name: str
     email: str
     aliases: tuple[str, ...] = ()
     short_name: str | None = Field(default=None, pattern=r"^[^\s@]{1,50}$")  # `#assign SHORT`: one word
 
-    _addr = field_validator("email")(_check_address)
+    _addr = field_validator("email")(check_address)
 
-    _aliases = field_validator("aliases")(lambda v: _check_addresses(v))
+    _aliases = field_validator("aliases")(lambda v: check_addresses(v))
 
     @property
     def all_addresses(self) -> tuple[str, ...]:
         return (self.email.lower(), *(a.lower() for a in self.aliases))
 
 
-class CannedConfig(_Strict):
+class CannedConfig(Strict):
     """A canned response: company-endorsed phrasing a rep inserts by name."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -286,12 +226,12 @@ class CannedConfig(_Strict):
     body: str
 
 
-class SpellingConfig(_Strict):
+class SpellingConfig(Strict):
     mode: Literal["off", "warn", "hold"] = "warn"
     words: tuple[str, ...] = ()  # product and company names the checker must accept
 
 
-class PicklistConfig(_Strict):
+class PicklistConfig(Strict):
     """An ordered list of values a rep picks from (#type, #used, #log's channel), for the reports."""
 
     name: str = Field(pattern=r"^[a-z0-9_]+$", max_length=50)
@@ -309,47 +249,13 @@ class PicklistConfig(_Strict):
         return tuple(x.strip() for x in v)
 
 
-class CategoryConfig(_Strict):
+class CategoryConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     reps: tuple[str, ...] = ()  # rep emails notified for this category (before the mailbox's)
 
 
-ReportName = Literal["issue-types", "reps", "resources", "turnaround", "backlog", "channels"]
-REPORT_NAMES: tuple[ReportName, ...] = ("issue-types", "reps", "resources", "turnaround", "backlog", "channels")
-TIME_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
-
-
-class ReportsConfig(_Strict):
-    """Targets the turnaround report and the key statistics measure against."""
-
-    first_response_hours: float = Field(default=24.0, gt=0)
-    resolution_hours: float = Field(default=72.0, gt=0)
-
-
-class DigestConfig(_Strict):
-    """A mailed digest: key statistics, the top rows and charts of some reports, on a schedule."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=100)
-    recipients: tuple[str, ...] = Field(min_length=1)
-    every: Literal["daily", "weekly"] = "daily"
-    at: str = "07:00"  # UTC, HH:MM; weekly digests go on Mondays
-    reports: tuple[ReportName, ...] = REPORT_NAMES
-    top: int = Field(default=10, gt=0, le=100)  # rows of each report in the mail
-    mailbox: str | None = None  # sent from this mailbox's address (default: the first mailbox)
-    console_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
-
-    _recipients = field_validator("recipients")(lambda v: _check_addresses(v))
-
-    @field_validator("at")
-    @classmethod
-    def _at(cls, v: str) -> str:
-        if not TIME_RE.match(v):
-            raise ValueError(f"{v!r} is not a time of day HH:MM (UTC)")
-        return v
-
-
-class Settings(_Strict):
+class Settings(Strict):
     database: DatabaseConfig = DatabaseConfig()
     smtp: SmtpConfig = SmtpConfig()
     daemon: DaemonConfig = DaemonConfig()

@@ -2,7 +2,7 @@
 
 Kept beside config.py (which composes them into Settings) so that file stays
 readable; the same rules hold: unknown keys are errors, every value checked at
-load. This module imports nothing of maild's, so config.py can import it.
+load (config_base.py). It imports only config_base, so config.py can import it.
 """
 
 from __future__ import annotations
@@ -13,22 +13,12 @@ from datetime import date
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from maild.config_base import Strict, check_addresses
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 HOURS_RE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")
-_ADDRESS_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _addresses(values: tuple[str, ...]) -> tuple[str, ...]:
-    for v in values:
-        if not _ADDRESS_RE.match(v):
-            raise ValueError(f"{v!r} is not an email address")
-    return tuple(v.strip() for v in values)
 
 
 def parse_hours(value: str) -> tuple[int, int]:
@@ -43,7 +33,7 @@ def parse_hours(value: str) -> tuple[int, int]:
     return start, end
 
 
-class CalendarConfig(_Strict):
+class CalendarConfig(Strict):
     """[[calendar]]: working days and hours in a time zone, and holidays; turnaround counts only these."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
@@ -82,7 +72,7 @@ class CalendarConfig(_Strict):
         return v
 
 
-class TurnaroundConfig(_Strict):
+class TurnaroundConfig(Strict):
     """[[turnaround]]: the targets of issues of a category and/or priority; the first match wins."""
 
     category: str | None = None
@@ -92,7 +82,7 @@ class TurnaroundConfig(_Strict):
     calendar: str | None = None  # unset: the mailbox's or category's calendar, else [sla] calendar
 
 
-class SlaConfig(_Strict):
+class SlaConfig(Strict):
     """[sla]: the default targets and how reminders and escalations go out."""
 
     interval: float = Field(default=300.0, gt=0)  # seconds between reminder passes in `maild run`
@@ -102,17 +92,17 @@ class SlaConfig(_Strict):
     resolution_hours: float | None = Field(default=None, gt=0)  # unset: no resolution target
     calendar: str | None = None  # unset: 24x7
 
-    _escalate = field_validator("escalate_to")(lambda v: _addresses(v))
+    _escalate = field_validator("escalate_to")(lambda v: check_addresses(v))
 
 
-class SelftestConfig(_Strict):
+class SelftestConfig(Strict):
     """[selftest]: a signed probe to every mailbox address and alias, back through the intake."""
 
     interval: float = Field(default=0.0, ge=0)  # seconds between probe rounds in `maild run`; 0: on demand only
     alert_after: float = Field(default=600.0, gt=0)  # a probe not back within this many seconds is late
     alert_to: tuple[str, ...] = ()  # told once when an address fails, and once when it recovers
 
-    _alert = field_validator("alert_to")(lambda v: _addresses(v))
+    _alert = field_validator("alert_to")(lambda v: check_addresses(v))
 
 
 def check_references(calendars, policies, sla, mailboxes: set[str], categories: set[str]) -> None:

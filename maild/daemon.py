@@ -27,7 +27,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from maild import db
 from maild.app import App, build
-from maild.config import Settings, split_hostport
+from maild.config import Settings
+from maild.config_base import split_hostport
 from maild.db import is_transient
 from maild.ingest import smtp
 from maild.ingest.imap.poller import imap_services

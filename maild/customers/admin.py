@@ -19,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from maild.addresses import AddressRules
-from maild.config import ADDRESS_RE
+from maild.config_base import ADDRESS_RE
 from maild.models import Customer, CustomerAddress, Interaction, Issue
 
 LENGTHS = {"name": 200, "postal_code": 20, "phone": 50, "language": 20, "time_zone": 50}

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from email.utils import parseaddr
 
-from maild.config import ADDRESS_RE
+from maild.config_base import ADDRESS_RE
 
 PRIORITIES = ("low", "normal", "high", "urgent")
 

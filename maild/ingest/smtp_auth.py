@@ -15,7 +15,8 @@ from ipaddress import ip_address
 
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from maild.config import ConfigError, Settings, split_hostport
+from maild.config import ConfigError, Settings
+from maild.config_base import split_hostport
 
 log = logging.getLogger("maild.smtp")
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from maild.config import Settings, split_hostport
+from maild.config import Settings
+from maild.config_base import split_hostport
 
 Results = dict[str, tuple[int, str]]
 

@@ -23,7 +23,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild import db
-from maild.config import Settings, split_hostport
+from maild.config import Settings
+from maild.config_base import split_hostport
 from maild.outbound.outbox import OutboxPolicy
 from maild.tokens import TokenSigner
 from maild.web.mailme import mail_issue_to_rep
