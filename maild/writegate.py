@@ -1,4 +1,4 @@
-"""Who writes next in the daemon: mail being accepted goes before processing.
+"""Who writes next in the daemon: mail being accepted, and mail being processed, take turns.
 
 Kept apart from the daemon's wiring: it knows nothing of SMTP or the pipeline,
 only of the two kinds of writer that take turns.
@@ -13,22 +13,24 @@ from collections.abc import Callable, Iterator
 
 
 class WriteGate:
-    """Acceptance first: a store never waits for more than the batch in hand.
+    """Acceptance first, processing never starved.
 
-    The drain worker starts a batch only when no store has run for `quiet`
-    seconds, or when the backlog is past half its bound. This is about the
-    GIL as much as the database: processing is CPU-bound Python in this same
-    process. With SQLite (one writer at a time, a busy handler that polls)
-    the gate also takes turns for this process's writers, so they never wait
-    on each other inside SQLite.
+    A store never waits for more than the batch in hand. The drain worker
+    lets stores go first, but waits for them at most `patience` seconds (none
+    when the backlog is past half its bound): a steady stream of mail keeps
+    stores coming all the time, and processing that waited for a quiet moment
+    would leave every mail pending until the stream stopped. With SQLite (one
+    writer at a time, a busy handler that polls) the gate also takes turns
+    for this process's writers, so they never wait on each other inside
+    SQLite; the stores that queue up during a processing batch are then
+    committed together, in one transaction, right after it.
     """
 
-    def __init__(self, exclusive: bool, quiet: float = 0.05) -> None:
-        self.exclusive, self.quiet = exclusive, quiet
+    def __init__(self, exclusive: bool, patience: float = 0.05) -> None:
+        self.exclusive, self.patience = exclusive, patience
         self._cond = threading.Condition()
         self._writing = False
         self._stores = 0  # waiting or writing
-        self._last_store = 0.0
 
     @contextmanager
     def store(self) -> Iterator[None]:
@@ -41,16 +43,15 @@ class WriteGate:
             yield
         finally:
             with self._cond:
-                self._stores, self._last_store, self._writing = self._stores - 1, time.monotonic(), False
+                self._stores, self._writing = self._stores - 1, False
                 self._cond.notify_all()
 
     @contextmanager
     def process(self, urgent: Callable[[], bool]) -> Iterator[None]:
         with self._cond:
-            while self._writing or (not urgent() and (
-                self._stores or time.monotonic() - self._last_store < self.quiet
-            )):
-                self._cond.wait(self.quiet)
+            until = time.monotonic() + self.patience
+            while self._writing or (self._stores and not urgent() and (left := until - time.monotonic()) > 0):
+                self._cond.wait(None if self._writing else left)
             self._writing = self.exclusive
         try:
             yield
