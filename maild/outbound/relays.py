@@ -3,7 +3,7 @@
 A relay takes one message at a time and answers per recipient: `{address:
 (code, text)}`, 2xx delivered, 4xx try again later, 5xx refused for good. An
 SMTP conversation is opened on first use and reused for the next message
-(RSET in between); a local relay (`maildir:PATH`, `mbox:PATH`, for a first
+(RSET only after a transaction left half way); a local relay (`maildir:PATH`, `mbox:PATH`, for a first
 run and staging) writes the message durably and counts it as delivered to
 every recipient. This module never touches the database.
 
@@ -114,10 +114,13 @@ class SmtpRelay:
         return smtp
 
     def _ready(self) -> smtplib.SMTP:
-        """A conversation at the start of a transaction: a fresh one, or the last one after RSET."""
+        """A conversation at the start of a transaction: a fresh one, the last one after a completed
+        transaction (the relay's answer to DATA ends it: RFC 5321 4.1.1.4), or after RSET when the
+        last transaction stopped half way (every recipient refused)."""
         if self.smtp is not None and self.used:
             try:
                 if self.smtp.rset()[0] == 250:
+                    self.used = False
                     return self.smtp
             except (OSError, smtplib.SMTPException):
                 pass
@@ -141,9 +144,10 @@ class SmtpRelay:
                 results[rcpt] = (code, reply_text(resp))
             accepted = [r for r in recipients if results[r][0] in (250, 251)]
             if not accepted:
-                return results
+                return results  # a transaction left open: the next one starts with RSET
             in_data = True
             code, resp = smtp.data(data)
+            self.used = False  # the answer to DATA ends the transaction, whatever it says
             if code != 250:
                 raise refusal(code, resp, "the message")
             return results | {r: (code, reply_text(resp)) for r in accepted}

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Integer, bindparam, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.config import Settings
@@ -44,6 +44,37 @@ log = logging.getLogger("maild.outbound")
 
 OUTBOX = table_of(OutboxMessage)
 GATHER = 0.02  # seconds to gather more results into one commit once one is in
+
+
+def _statements() -> dict:
+    """The sender's statements, built once (building one costs more than running it on SQLite)."""
+    t = OUTBOX.c
+    columns = (t.id, t.status, t.resends, t.envelope_from, t.recipients, t.results, t.data)
+    limit = bindparam("limit", type_=Integer)
+    ids = bindparam("ids", expanding=True)
+    lease = {"status": "sending", "lease_owner": bindparam("owner"), "lease_until": bindparam("until"),
+             "sending_since": bindparam("now"), "attempts": t.attempts + 1}
+    return {
+        # Two indexed reads (ix_outbox_due), never one OR over the whole table: a
+        # campaign's hundred thousand queued rows must not make each claim a scan.
+        "stale": select(*columns).where(t.status == "sending",
+                                        or_(t.lease_until.is_(None), t.lease_until < bindparam("now")))
+        .order_by(t.id).limit(limit).with_for_update(skip_locked=True),
+        "due": select(*columns).where(t.status == "queued", t.next_attempt_at <= bindparam("now"))
+        .order_by(t.next_attempt_at, t.id).limit(limit).with_for_update(skip_locked=True),
+        "lease": update(OUTBOX).where(t.id.in_(ids)).values(**lease),
+        "lease_again": update(OUTBOX).where(t.id.in_(ids)).values(**lease, resends=t.resends + 1),
+        "renew": update(OUTBOX).where(t.id.in_(ids), t.lease_owner == bindparam("owner"), t.status == "sending")
+        .values(lease_until=bindparam("until")),
+        "sent": update(OUTBOX).where(t.id == bindparam("rid"), t.lease_owner == bindparam("owner"),
+                                     t.status == "sending")
+        .values(status="sent", sent_at=bindparam("now"), last_error=None, lease_owner=None, lease_until=None,
+                results=bindparam("res")),
+    }
+
+
+SQL = _statements()
+STALE_CHECK = 5.0  # seconds between looks for rows whose lease ran out (a sender died mid-send)
 UNKNOWN_ERROR = ("delivery uncertain twice: a sender stopped while sending it; it may or may not have arrived, "
                  "and it is not sent again")
 
@@ -111,6 +142,7 @@ class Sender:
         self.batch = o.connections
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.wake = threading.Event()  # set when mail was queued: send now rather than at the next interval
+        self._next_stale_check = 0.0
 
     # -- the daemon's service ---------------------------------------------------------------
 
@@ -135,6 +167,7 @@ class Sender:
     def run_once(self, now: datetime | None = None, stop: threading.Event | None = None) -> Counter:
         """Deliver what is due; returns how many rows ended in each status."""
         clock = _Clock(now)
+        self._next_stale_check = 0.0  # each run looks for expired leases first
         counts: Counter = Counter()
         work: queue.SimpleQueue[Claimed | None] = queue.SimpleQueue()
         done: queue.SimpleQueue[Done] = queue.SimpleQueue()
@@ -221,28 +254,20 @@ class Sender:
 
     def _claim(self, session: Session, now: datetime, limit: int) -> tuple[list[Claimed], int]:
         """Lease up to `limit` due rows with their bytes; a row ambiguous a second time becomes `unknown`."""
-        t = OUTBOX.c
-        columns = (t.id, t.status, t.resends, t.envelope_from, t.recipients, t.results, t.data)
-        # Two indexed reads (ix_outbox_due), never one OR over the whole table: a
-        # campaign's hundred thousand queued rows must not make each claim a scan.
-        stale = (t.status == "sending") & or_(t.lease_until.is_(None), t.lease_until < now)
-        rows = list(session.execute(
-            select(*columns).where(stale).order_by(t.id).limit(limit).with_for_update(skip_locked=True)
-        ).all())
+        rows: list = []
+        if time.monotonic() >= self._next_stale_check:  # leases run out rarely: looked for now and then
+            self._next_stale_check = time.monotonic() + STALE_CHECK
+            rows = list(session.execute(SQL["stale"], {"now": now, "limit": limit}).all())
         if len(rows) < limit:
-            rows += session.execute(
-                select(*columns).where(t.status == "queued", t.next_attempt_at <= now)
-                .order_by(t.next_attempt_at, t.id).limit(limit - len(rows)).with_for_update(skip_locked=True)
-            ).all()
+            rows += session.execute(SQL["due"], {"now": now, "limit": limit - len(rows)}).all()
         fresh = [r.id for r in rows if r.status == "queued"]
         again = [r.id for r in rows if r.status == "sending" and r.resends < 1]
         gone = [r.id for r in rows if r.status == "sending" and r.resends >= 1]
-        lease = {"status": "sending", "lease_owner": self.owner, "lease_until": now + self.lease,
-                 "sending_since": now, "attempts": t.attempts + 1}
+        lease = {"owner": self.owner, "until": now + self.lease, "now": now}
         if fresh:
-            session.execute(update(OUTBOX).where(t.id.in_(fresh)).values(**lease))
+            session.execute(SQL["lease"], {**lease, "ids": fresh})
         if again:
-            session.execute(update(OUTBOX).where(t.id.in_(again)).values(**lease, resends=t.resends + 1))
+            session.execute(SQL["lease_again"], {**lease, "ids": again})
             log.warning("outbox ids=%s: lease expired mid-send; sending again, once", ",".join(map(str, again)))
         for row_id in gone:
             self._unknown(session, row_id)
@@ -275,9 +300,7 @@ class Sender:
             log.exception("outbox id=%s: the %s hook failed; the row's status stands", row.id, hook)
 
     def _renew(self, session: Session, now: datetime, ids: set[int]) -> None:
-        t = OUTBOX.c
-        session.execute(update(OUTBOX).where(t.id.in_(sorted(ids)), t.lease_owner == self.owner, t.status == "sending")
-                        .values(lease_until=now + self.lease))
+        session.execute(SQL["renew"], {"ids": sorted(ids), "owner": self.owner, "until": now + self.lease})
 
     def _settle(self, session: Session, now: datetime, finished: list[Done]) -> Counter:
         """Record results: plain successes in one statement, everything else row by row."""
@@ -285,7 +308,7 @@ class Sender:
         plain = []
         for c, results, error in finished:
             if error is None and results and all(200 <= code < 300 for code, _ in results.values()):
-                plain.append({"rid": c.id, "res": _merge(c.previous, results)})
+                plain.append({"rid": c.id, "res": _merge(c.previous, results), "now": now, "owner": self.owner})
             else:
                 counts[self._settle_one(session, now, c, results, error)] += 1
         if plain:
@@ -294,15 +317,8 @@ class Sender:
         return counts
 
     def _settle_sent(self, session: Session, now: datetime, plain: list[dict]) -> None:
-        t = OUTBOX.c
         params = plain
-        result = session.execute(
-            update(OUTBOX)
-            .where(t.id == bindparam("rid"), t.lease_owner == self.owner, t.status == "sending")
-            .values(status="sent", sent_at=now, last_error=None, lease_owner=None, lease_until=None,
-                    results=bindparam("res")),
-            params,
-        )
+        result = session.execute(SQL["sent"], params)
         if result.rowcount not in (-1, len(params)):  # type: ignore[attr-defined]
             log.warning("outbox: %d of %d sent rows had lost their lease before being marked sent",
                         len(params) - result.rowcount, len(params))  # type: ignore[attr-defined]
