@@ -14,13 +14,15 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from maild.config import Settings
 from maild.ingest.stages.records import Stored
 from maild.subjects import subject_tag
-from maild.models import Action, CustomerAddress, Interaction, Issue, OutboxMessage, RawMessage, Rep, utcnow
+from maild.models import (
+    Action, Category, Customer, CustomerAddress, Interaction, Issue, OutboxMessage, RawMessage, Rep, utcnow,
+)
 from maild.tokens import TokenSigner
 from maild.outbound.compose import Outgoing
 from maild.outbound.decide import DecideContext, FileView, HistoryLine, IssueView, RepView, TriggerView, decide
@@ -34,6 +36,26 @@ from maild.outbound.templates import Templates
 
 log = logging.getLogger("maild.outbound")
 HISTORY = 3  # earlier interactions digested in a notification
+
+
+def _issue_view_statement():
+    """The issue at a glance in one read, built once: category, customer, first address, assignee, open issues."""
+    first_address = (select(CustomerAddress.email).where(CustomerAddress.customer_id == Issue.customer_id)
+                     .order_by(CustomerAddress.id).limit(1).scalar_subquery())
+    others = aliased(Issue)
+    open_issues = (select(func.count(others.id))
+                   .where(others.customer_id == Issue.customer_id, others.status != "closed").scalar_subquery())
+    return (
+        select(Issue.id, Issue.subject, Issue.status, Issue.mailbox, Category.name, Issue.assignee_id,
+               first_address, Customer.name, Issue.priority, Rep.name, open_issues)
+        .join(Category, Category.id == Issue.category_id)
+        .outerjoin(Customer, Customer.id == Issue.customer_id)
+        .outerjoin(Rep, Rep.id == Issue.assignee_id)
+        .where(Issue.id == bindparam("issue_id"))
+    )
+
+
+_ISSUE_VIEW = _issue_view_statement()
 
 
 def _from_rep(stored: Stored) -> bool:
@@ -75,7 +97,8 @@ class Notifier:
             self.repmail.handle(session, stored, interaction)
             return
         wake_pending(session, stored)  # the customer answered: a pending issue is open again
-        issue = self._issue_view(session, stored.issue_id, before=interaction.id)
+        # A new issue has nothing before its first mail: no digest to read.
+        issue = self._issue_view(session, stored.issue_id, before=None if stored.new_issue else interaction.id)
         carried: tuple = ()
         listed: tuple[FileView, ...] = ()
         if interaction.attachments and self._may_notify(stored):
@@ -109,19 +132,11 @@ class Notifier:
         return self.signer is not None and not stored.auto and stored.rep_id is None and stored.customer_id is not None
 
     def _issue_view(self, session: Session, issue_id: int, before: int | None = None) -> IssueView:
-        """The issue at a glance; with `before`, the digest of the interactions before that one."""
-        issue = session.get_one(Issue, issue_id)
-        customer = issue.customer
-        open_issues = 0
-        if issue.customer_id is not None:
-            open_issues = session.scalar(select(func.count(Issue.id)).where(
-                Issue.customer_id == issue.customer_id, Issue.status != "closed")) or 0
+        """The issue at a glance, in one read; with `before`, the digest of the interactions before that one."""
+        row = session.execute(_ISSUE_VIEW, {"issue_id": issue_id}).one()
         return IssueView(
-            issue.id, issue.subject, issue.status, issue.mailbox, issue.category.name, issue.assignee_id,
-            customer.addresses[0].email if customer and customer.addresses else None,
-            customer.name if customer else "",
-            priority=issue.priority, assignee_name=issue.assignee.name if issue.assignee else "",
-            customer_open_issues=open_issues,
+            row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7] or "", priority=row[8],
+            assignee_name=row[9] or "", customer_open_issues=row[10] or 0,
             history=self._history(session, issue_id, before) if before is not None else (),
         )
 
@@ -139,13 +154,23 @@ class Notifier:
 
     def rep_views(self, session: Session, issue: IssueView) -> tuple[tuple[RepView, ...], RepView | None]:
         """Who hears of this issue: its assignee, else the category's or mailbox's reps, else every rep."""
-        reps = {r.email: RepView(r.id, r.name, r.email) for r in session.scalars(select(Rep).where(Rep.active.is_(True)))}
+        reps = self._active_reps(session)
         mailbox = self.settings.mailbox_named(issue.mailbox)
         category = next((c for c in self.settings.category if c.name == issue.category), None)
         wanted = (category.reps if category and category.reps else ()) or mailbox.reps
         chosen = tuple(reps[e.lower()] for e in wanted if e.lower() in reps) if wanted else tuple(reps.values())
         assignee = next((r for r in reps.values() if r.id == issue.assignee_id), None)
         return chosen, assignee
+
+    @staticmethod
+    def _active_reps(session: Session) -> dict[str, RepView]:
+        """The active reps by address, read once per session: they change only when the config is synced."""
+        reps = session.info.get("maild.active_reps")
+        if reps is None:
+            reps = session.info["maild.active_reps"] = {
+                r.email: RepView(r.id, r.name, r.email) for r in session.scalars(select(Rep).where(Rep.active.is_(True)))
+            }
+        return reps
 
     def _context(self, session: Session, issue: IssueView) -> DecideContext:
         mailbox = self.settings.mailbox_named(issue.mailbox)

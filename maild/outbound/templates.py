@@ -85,6 +85,7 @@ class Templates:
             undefined=jinja2.StrictUndefined,
             autoescape=False,
             keep_trailing_newline=True,
+            auto_reload=False,  # compiled once: maild reads its config and templates only at start
         )
         self.env.filters["size"] = human_size
 
