@@ -35,7 +35,8 @@ INTERVAL = 3600.0  # seconds between runs in the daemon
 
 def wake_pending(session: Session, stored: Stored) -> bool:
     """A customer's own mail on a pending issue makes it open again; True when it did."""
-    if stored.issue_id is None or stored.customer_id is None or stored.rep_id is not None or stored.auto:
+    if (stored.issue_id is None or stored.customer_id is None or stored.rep_id is not None or stored.auto
+            or stored.new_issue):  # a new issue was never pending
         return False
     issue = session.get_one(Issue, stored.issue_id)
     if issue.status != "pending":

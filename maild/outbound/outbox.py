@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy import event, func, select
+from sqlalchemy import bindparam, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from maild.addresses import AddressRules
@@ -53,12 +53,22 @@ class OutboxPolicy:
         )
 
 
+_ISSUE_CUSTOMER = select(Issue.customer_id).where(Issue.id == bindparam("issue_id"))
+_FAILING_UNTIL = select(CustomerAddress.failing_until).where(CustomerAddress.key == bindparam("key"))
+_AUTO_SENT = select(func.count(OutboxMessage.id)).where(
+    OutboxMessage.recipient_key == bindparam("key"),
+    OutboxMessage.auto.is_(True),
+    OutboxMessage.to_customer.is_(True),
+    OutboxMessage.created_at > bindparam("since"),
+)
+
+
 def _interaction(
     session: Session, out: Outgoing, message_id: str | None, from_addr: str, from_name: str, channel: str = "email"
 ) -> Interaction:
     customer_id = None
     if out.to_customer and out.issue_id:
-        customer_id = session.scalar(select(Issue.customer_id).where(Issue.id == out.issue_id))
+        customer_id = session.scalar(_ISSUE_CUSTOMER, {"issue_id": out.issue_id})
     interaction = Interaction(
         direction="outbound" if out.to_customer else "internal",
         channel=channel,
@@ -155,16 +165,9 @@ def auto_allowed(session: Session, policy: OutboxPolicy, address: str, now: date
     """False when the address bounced recently or had its day's automatic mail already."""
     now = now or utcnow()
     key = policy.rules.key(address)
-    failing = session.scalar(select(CustomerAddress.failing_until).where(CustomerAddress.key == key))
+    failing = session.scalar(_FAILING_UNTIL, {"key": key})
     if failing is not None and aware(failing) > now:
         return False
-    sent = session.scalar(
-        select(func.count(OutboxMessage.id)).where(
-            OutboxMessage.recipient_key == key,
-            OutboxMessage.auto.is_(True),
-            OutboxMessage.to_customer.is_(True),
-            OutboxMessage.created_at > now - timedelta(hours=24),
-        )
-    )
+    sent = session.scalar(_AUTO_SENT, {"key": key, "since": now - timedelta(hours=24)})
     return (sent or 0) < policy.max_auto_per_recipient
 

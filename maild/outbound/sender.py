@@ -51,7 +51,7 @@ def _statements() -> dict:
     t = OUTBOX.c
     columns = (t.id, t.status, t.resends, t.envelope_from, t.recipients, t.results, t.data)
     limit = bindparam("limit", type_=Integer)
-    ids = bindparam("ids", expanding=True)
+    ids = bindparam("ids", type_=Integer, expanding=True)
     lease = {"status": "sending", "lease_owner": bindparam("owner"), "lease_until": bindparam("until"),
              "sending_since": bindparam("now"), "attempts": t.attempts + 1}
     return {
