@@ -325,6 +325,8 @@ class OutboxMessage(Base):
     # The Subject as queued, for listing notices to reps beside an issue (they are no interactions).
     subject: Mapped[str | None] = mapped_column(Text)
 
+    interaction: Mapped[Interaction | None] = relationship()
+
 
 
 class SigninLink(Base):

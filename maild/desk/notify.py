@@ -111,8 +111,9 @@ class Notifier:
             interaction.from_name, interaction.subject, interaction.new_text, carried, listed,
         )
         for out in decide(stored, issue, trigger, self._context(session, issue)):
-            row = enqueue(session, out, self.policy)
-            log.info("queued outbox=%s kind=%s issue=%s to=%s", row.id, out.kind, out.issue_id, ",".join(out.to))
+            row = enqueue(session, out, self.policy, flush=False)  # written with the batch's next flush
+            log.info("queued message_id=%s kind=%s issue=%s to=%s", row.message_id, out.kind, out.issue_id,
+                     ",".join(out.to))
 
     def _unsubscribing(self, session: Session, stored: Stored) -> int:
         """The campaign issue the unsubscribe token names: its customer is the one who asked,

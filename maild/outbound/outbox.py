@@ -64,7 +64,8 @@ _AUTO_SENT = select(func.count(OutboxMessage.id)).where(
 
 
 def _interaction(
-    session: Session, out: Outgoing, message_id: str | None, from_addr: str, from_name: str, channel: str = "email"
+    session: Session, out: Outgoing, message_id: str | None, from_addr: str, from_name: str, channel: str = "email",
+    flush: bool = True,
 ) -> Interaction:
     customer_id = None
     if out.to_customer and out.issue_id:
@@ -91,13 +92,14 @@ def _interaction(
         thread_reason="outbound",
     )
     session.add(interaction)
-    session.flush()
     if out.issue_id:
-        session.add(Action(issue_id=out.issue_id, interaction_id=interaction.id))
+        session.add(Action(issue_id=out.issue_id, interaction=interaction))
     for a in out.attachments:  # the blobs are stored already: the files came in with a stored mail
-        session.add(Attachment(interaction_id=interaction.id, sha256=a.sha256, filename=a.filename[:255],
-                               content_type=a.content_type[:255], content_id=a.content_id, inline=a.inline,
-                               size=len(a.data)))
+        interaction.attachments.append(Attachment(
+            sha256=a.sha256, filename=a.filename[:255], content_type=a.content_type[:255],
+            content_id=a.content_id, inline=a.inline, size=len(a.data)))
+    if flush:
+        session.flush()
     return interaction
 
 
@@ -114,11 +116,12 @@ def _threaded_notice(out: Outgoing, domain: str) -> Outgoing:
 
 def enqueue(
     session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime | None = None, status: str = "queued",
-    not_before: datetime | None = None,
+    not_before: datetime | None = None, flush: bool = True,
 ) -> OutboxMessage:
     """Queue one mail (or hold it: status "held"); mail to the customer is recorded on its issue too.
 
-    The caller commits.
+    The caller commits. With flush=False the rows are written with the session's
+    next flush (in one go with whatever else is waiting): the row has no id yet.
     """
     now = now or utcnow()
     due = max(now, not_before or now)  # a throttled campaign's row: Date, first attempt and deadline from then
@@ -126,17 +129,17 @@ def enqueue(
     message_id = new_message_id(policy.message_id_domain)
     out = _threaded_notice(out, policy.message_id_domain)
     data = compose(out, from_addr, display, message_id, due, policy.message_id_domain)
-    interaction = _interaction(session, out, message_id, from_addr, display) if out.to_customer else None
+    interaction = _interaction(session, out, message_id, from_addr, display, flush=False) if out.to_customer else None
     row = OutboxMessage(
-        kind=out.kind, mailbox=out.mailbox, issue_id=out.issue_id,
-        interaction_id=interaction.id if interaction else None, subject=out.subject,
+        kind=out.kind, mailbox=out.mailbox, issue_id=out.issue_id, interaction=interaction, subject=out.subject,
         rep_id=out.rep_id, envelope_from=from_addr, recipients=[*out.to, *out.cc],
         recipient_key=policy.rules.key(out.to[0]), message_id=message_id, data=data, auto=out.auto,
         to_customer=out.to_customer, status=status, attempts=0, next_attempt_at=due,
         deadline_at=due + policy.deadline, created_at=now,
     )
     session.add(row)
-    session.flush()
+    if flush:
+        session.flush()
     session.info["outbox_queued"] = True  # see wake_on_queued
     return row
 
