@@ -106,8 +106,10 @@ def import_(settings: Settings, mailbox_name: str, batch: int, path: str) -> Non
         total, messages = open_source(path)
     except SourceError as exc:
         raise click.ClickException(str(exc)) from None
-    app = build(settings, workers=os.cpu_count() or 1)
+    # Every core parses: the storing process mostly waits for the disk and the parsers.
+    app = build(settings, workers=(os.cpu_count() or 1) + 1)
     app.pipeline.drain()
+    app.pipeline.start()  # before the progress bar's thread: the workers are forked, not spawned
     new = dup = 0
     columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     limit = settings.ingest.max_message_size

@@ -14,6 +14,7 @@ database.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import threading
 import traceback
@@ -62,12 +63,24 @@ def prepare(data: bytes, envelope_to: tuple[str, ...], own: OwnMail, envelope_fr
     return Prepared(replace(msg, message=None), cls)
 
 
+_statm: tuple[int, int] | None = None  # (pid, descriptor of its /proc/self/statm), opened once per process
+
+
+def _held() -> int | None:
+    """Bytes of address space this process holds; None without /proc."""
+    global _statm
+    try:
+        if _statm is None or _statm[0] != os.getpid():  # a forked worker reads its own file, not its parent's
+            _statm = (os.getpid(), os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC))
+        return int(os.pread(_statm[1], 128, 0).split()[0]) * resource.getpagesize()
+    except OSError:
+        return None
+
+
 def _limit_memory(extra: int) -> None:
     """Allow this process `extra` bytes of address space beyond what it holds now."""
-    try:
-        with open("/proc/self/statm") as f:
-            held = int(f.read().split()[0]) * resource.getpagesize()
-    except OSError:  # no /proc: no limit rather than a wrong one
+    held = _held()
+    if held is None:  # no /proc: no limit rather than a wrong one
         return
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     wanted = held + extra
@@ -117,6 +130,10 @@ class Budget:
         self.workers = max(1, workers)
         self._pool: ProcessPool | None = None
         self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the workers now: before other threads start, they can be forked (cheap)."""
+        self._started()
 
     def _started(self) -> ProcessPool:
         with self._lock:

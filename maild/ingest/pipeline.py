@@ -307,6 +307,10 @@ class Pipeline:
             mark_done(lookup.conn, done)
         return outcomes
 
+    def start(self) -> None:
+        """Start the parse workers (else the first message starts them)."""
+        self.budget.start()
+
     def close(self) -> None:
         self.budget.close()
 

@@ -72,7 +72,9 @@ def _headers(message: Message, name: str) -> list[str]:
 
 
 def _header(message: Message, name: str) -> str:
-    return next(iter(_headers(message, name)), "")
+    """The first copy of a header, decoded (the others are not read)."""
+    value = message.get(name)
+    return "" if value is None else _decode(value)
 
 
 def _message_id(value: str) -> str | None:

@@ -30,6 +30,7 @@ _FOLD = re.compile(r"\r?\n[ \t]*")
 # charset (with an optional RFC 2231 *language), encoding, encoded text.
 _WORD = re.compile(r"=\?([^?\s]{1,60})\?([QqBb])\?([^?]*)\?=")
 _QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # a raw 8-bit byte the stdlib kept as a surrogate
 
 
 def raw_text(value: object) -> str:
@@ -46,7 +47,7 @@ def raw_text(value: object) -> str:
         )
         value = _eight_bit(data)
     text = str(value)
-    if any("\udc80" <= ch <= "\udcff" for ch in text):
+    if not text.isascii() and _ESCAPED_BYTE.search(text):
         try:
             text = _eight_bit(text.encode("utf-8", "surrogateescape"))
         except UnicodeEncodeError:  # a surrogate that stands for no byte

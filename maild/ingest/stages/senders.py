@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.message
 import email.utils
+import functools
 import re
 
 from mailparser.utils import get_addresses
@@ -26,6 +27,7 @@ Message = email.message.Message
 ADDR_RE = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+")
 _VALID = re.compile(r"(?:\"[^\"\r\n]{1,64}\"|[^\s@<>()\[\],;:\"]{1,64})@[^\s@<>()\[\],;:\"]{1,255}")
 _MAX_ADDRESS_HEADER = 64 * 1024  # characters of an address header read
+_MAX_CACHED = 1024  # characters of an address header whose reading is remembered
 _HEADER_LINE = re.compile(r"^[!-9;-~]{1,76}:", re.M)
 _FALLBACKS = ("Sender", "Reply-To", "Return-Path")
 
@@ -50,6 +52,16 @@ def read_addresses(value: object, name: str, defects: list[str]) -> tuple[Addres
     if value is None:
         return ()
     text = raw_text(value)
+    if len(text) > _MAX_CACHED:
+        return _read_text(text, name, defects)
+    # The same few headers come again and again (our own address, a regular
+    # customer's From): each is read once per process, with the defects it gave.
+    found, said = _read_short(text, name)
+    defects.extend(said)
+    return found
+
+
+def _read_text(text: str, name: str, defects: list[str]) -> tuple[Address, ...]:
     if len(text) > _MAX_ADDRESS_HEADER:
         # the address usually ends the header: keep its start and its end
         defects.append(f"{name}: longer than {_MAX_ADDRESS_HEADER} characters; only its start and end read")
@@ -61,6 +73,12 @@ def read_addresses(value: object, name: str, defects: list[str]) -> tuple[Addres
         if valid_address(addr):
             out.append(Address(name=decode(display or "", defects, f"{name} name"), email=addr))
     return tuple(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_short(text: str, name: str) -> tuple[tuple[Address, ...], tuple[str, ...]]:
+    said: list[str] = []
+    return _read_text(text, name, said), tuple(said)
 
 
 def address_header(msg: Message, name: str, defects: list[str]) -> tuple[Address, ...]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Row
 
@@ -20,30 +20,24 @@ from maild.addresses import AddressRules
 from maild.models import Action, Attachment, Blob, Customer, CustomerAddress, Interaction, Issue, RawMessage, table_of, utcnow
 from maild.timefmt import aware
 from maild.ingest.stages.lookup import DbLookup
+from maild.ingest.stages.statements import Insert
 from maild.ingest.stages.records import Stored, Classification, CustomerMatch, ParsedMessage, ThreadDecision
 
 # Built once: statements are the hot path's main cost, and a prebuilt one
 # skips construction and reuses its compiled form.
 _issues, _customers, _addresses = table_of(Issue), table_of(Customer), table_of(CustomerAddress)
 _raw = table_of(RawMessage)
-_NEW_CUSTOMER = insert(_customers)
-_NEW_ISSUE = insert(_issues)
-_NEW_INTERACTION = insert(table_of(Interaction))
-_NEW_ACTION = insert(table_of(Action))
-_NEW_ATTACHMENT = insert(table_of(Attachment))
+_NEW_CUSTOMER = Insert(_customers)
+_NEW_ISSUE = Insert(_issues)
+_NEW_INTERACTION = Insert(table_of(Interaction))
+_NEW_ACTION = Insert(table_of(Action))
+_NEW_ATTACHMENT = Insert(table_of(Attachment))
 _DROP_CUSTOMER = _customers.delete().where(_customers.c.id == bindparam("id"))
 _ADDRESS_OWNER = select(_addresses.c.customer_id).where(_addresses.c.key == bindparam("key"))
 _CLOSED_AT = select(_issues.c.closed_at).where(_issues.c.id == bindparam("id"))
 _REOPEN = update(_issues).where(_issues.c.id == bindparam("issue_id"))
-_DONE = update(_raw).where(_raw.c.id == bindparam("raw_id"))
-
-
-def _new_id(conn: Connection, statement, values: dict) -> int:
-    """Insert one row; its id (SQLite's lastrowid, PostgreSQL's RETURNING), cheaper than an explicit RETURNING."""
-    key = conn.execute(statement, values).inserted_primary_key
-    if key is None:
-        raise RuntimeError("the insert returned no primary key")
-    return key[0]
+_DONE = update(_raw).where(_raw.c.id.in_(bindparam("raw_ids", expanding=True)))
+_CHUNK = 400  # raw ids per IN list, under every backend's parameter limit
 
 
 def _unless_there(dialect: str, table, key):
@@ -74,7 +68,7 @@ def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classificatio
     if sender.customer_id is not None or cls.auto:
         return sender.customer_id  # automatic mail never creates an identification record
     now, key = utcnow(), rules.key(sender.email)[:320]
-    customer_id = _new_id(conn, _NEW_CUSTOMER, {"name": (sender.name or "")[:200], "tags": [], "created_at": now})
+    customer_id = _NEW_CUSTOMER.one(conn, {"name": (sender.name or "")[:200], "tags": [], "created_at": now})
     claimed = conn.execute(
         _CLAIM_ADDRESS[conn.dialect.name],
         {"customer_id": customer_id, "email": sender.email[:320], "key": key, "created_at": now},
@@ -93,7 +87,7 @@ def _new_issue(conn: Connection, mailbox: str, msg: ParsedMessage, category: str
                lookup: DbLookup) -> int:
     ids = lookup.category_ids()
     now = utcnow()
-    issue_id = _new_id(conn, _NEW_ISSUE, dict(
+    issue_id = _NEW_ISSUE.one(conn, dict(
         mailbox=mailbox, subject=msg.subject, category_id=ids.get(category) or ids["uncategorized"],
         customer_id=customer_id, cc=[a.email for a in msg.cc if a.email.lower() not in own], tags=[],
         status="open", priority="normal", opened_at=now, updated_at=now,
@@ -107,7 +101,7 @@ def _attachments(conn: Connection, interaction_id: int, msg: ParsedMessage) -> N
         return
     blobs = {a.sha256: {"sha256": a.sha256, "size": a.size, "data": a.data} for a in msg.attachments}
     conn.execute(_NEW_BLOB[conn.dialect.name], list(blobs.values()))  # content already stored stays as it is
-    conn.execute(_NEW_ATTACHMENT, [{
+    _NEW_ATTACHMENT.many(conn, [{
         "interaction_id": interaction_id, "sha256": a.sha256, "filename": a.filename,
         "content_type": a.content_type[:255], "content_id": (a.content_id or "")[:255] or None,
         "inline": a.inline, "size": a.size,
@@ -148,13 +142,15 @@ def _interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision) -> di
 
 
 def mark_done(conn: Connection, outcomes: list[tuple[int, str]]) -> None:
-    """Mark stored messages done, in one statement for the batch."""
-    if outcomes:
-        now = utcnow()
-        conn.execute(_DONE, [
-            {"raw_id": raw_id, "state": "done", "outcome": outcome, "processed_at": now, "stage": None, "error": None}
-            for raw_id, outcome in outcomes
-        ])
+    """Mark stored messages done: a statement per outcome (a batch has few) rather than per message."""
+    now = utcnow()
+    by_outcome: dict[str, list[int]] = {}
+    for raw_id, outcome in outcomes:
+        by_outcome.setdefault(outcome, []).append(raw_id)
+    for outcome, raw_ids in by_outcome.items():
+        for i in range(0, len(raw_ids), _CHUNK):
+            conn.execute(_DONE, {"raw_ids": raw_ids[i : i + _CHUNK], "state": "done", "outcome": outcome,
+                                 "processed_at": now, "stage": None, "error": None})
 
 
 def _closed_long_ago(conn: Connection, issue_id: int, days: float | None) -> bool:
@@ -200,10 +196,10 @@ def store(
     if new_issue:
         issue_id = _new_issue(conn, mailbox, msg, decision.category, customer_id, own_addresses, lookup)
     row = _interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision)
-    interaction_id = _new_id(conn, _NEW_INTERACTION, row)
+    interaction_id = _NEW_INTERACTION.one(conn, row)
     targets = [t for t in (issue_id, linked_to) if t is not None]  # a late reply also stays on the old issue
     now = utcnow()
-    conn.execute(_NEW_ACTION, [{"issue_id": t, "interaction_id": interaction_id, "created_at": now} for t in targets])
+    _NEW_ACTION.many(conn, [{"issue_id": t, "interaction_id": interaction_id, "created_at": now} for t in targets])
     lookup.remember_message(msg.message_id, targets)
     _attachments(conn, interaction_id, msg)
     # An issue's last activity is its newest action; only a reopen changes the row.
