@@ -247,6 +247,23 @@ def test_same_message_appended_twice_is_stored_once(make_app, dovecot):
     assert dovecot.messages("INBOX") == {} and len(dovecot.messages("maild-processed")) == 4
 
 
+def test_mail_for_two_mailboxes_is_stored_under_the_first_configured(make_app, dovecot):
+    # "support" (first in config order) drains INBOX; "billing", after it, drains Billing.
+    billing = (f'[[mailbox]]\nname = "billing"\naddress = "billing@acme.test"\n\n[mailbox.imap]\n'
+               f'host = "127.0.0.1"\nport = {dovecot.port}\ntls = "none"\nuser = "{dovecot.user}"\n'
+               f'password_env = "{PASSWORD_ENV}"\nfolder = "Billing"\n')
+    both = mail(1).replace(b"To: support@acme.test", b"To: billing@acme.test\r\nCc: support@acme.test")
+    dovecot.append("INBOX", both)
+    dovecot.append("Billing", mail(2), mail(3).replace(b"To: support@acme.test", b"To: billing@acme.test"))
+    app = make_app(dovecot, mailboxes=billing)
+    for name in ("support", "billing"):
+        assert ImapService(app, app.settings.mailbox_named(name)).poll_once().stored == 1 + (name == "billing")
+    with app.sessions() as s:
+        chosen = dict(s.execute(select(RawMessage.dedupe_key, RawMessage.mailbox)).all())
+    assert chosen == {"mid:q1@example.com": "support", "mid:q2@example.com": "support",
+                      "mid:q3@example.com": "billing"}
+
+
 def test_uidvalidity_reset_rescans_and_adds_only_what_is_new(make_app, dovecot, caplog):
     caplog.set_level(logging.INFO, logger="maild.imap")
     dovecot.append("Support", mail(1), mail(2), mail(3))

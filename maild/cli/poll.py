@@ -72,10 +72,13 @@ def poll(settings: Settings, mailbox_name: str | None, once: bool) -> None:
     imap_log = logging.getLogger("maild.imap")
     if imap_log.getEffectiveLevel() > logging.INFO:
         imap_log.setLevel(logging.INFO)  # progress and reconnects are what this command is for
-    # Worker processes are forked only when a single mailbox runs (no other threads then).
-    workers = (os.cpu_count() or 1) if once or len(names) == 1 else 1
-    app = build(settings, workers=workers)
+    # Worker processes are forked only when a single mailbox runs (no other threads then);
+    # then every core parses, as in `maild import`: the storing process mostly waits.
+    alone = once or len(names) == 1
+    app = build(settings, workers=(os.cpu_count() or 1) + 1 if alone else 1)
     try:
+        if alone:
+            app.pipeline.start()  # forked now, before the I/O thread starts
         services = [s for s in imap_services(app) if s.name in names]
         if once:
             code = _once(services)

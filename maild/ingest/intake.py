@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -112,7 +112,8 @@ def _record_copies(session: Session, copies: list[dict]) -> None:
     session.execute(statement, copies)
 
 
-def _accept_once(sessions: sessionmaker[Session], items: list[Incoming], keys: list[str]) -> list[Accepted]:
+def _accept_once(sessions: sessionmaker[Session], items: list[Incoming], keys: list[str],
+                 also: Callable[[Session], None] | None) -> list[Accepted]:
     table = _RAW
     with sessions() as session, session.begin():
         found = _existing(session, keys)
@@ -141,22 +142,27 @@ def _accept_once(sessions: sessionmaker[Session], items: list[Incoming], keys: l
                     "received_at": utcnow(),
                 })
         _record_copies(session, list(copies.values()))
+        if also is not None:
+            also(session)
     return out
 
 
-def accept_many(sessions: sessionmaker[Session], items: Iterable[Incoming]) -> list[Accepted]:
+def accept_many(sessions: sessionmaker[Session], items: Iterable[Incoming],
+                also: Callable[[Session], None] | None = None) -> list[Accepted]:
     """Store a batch in one transaction; returns once it is committed.
 
     A message already stored (same dedupe key, for any mailbox) is not stored
     again; its existing row is reported as a duplicate and the copy recorded.
+    `also` writes what must commit together with the batch (an edge's own
+    record of how far it has stored), in the same transaction.
     """
     items = list(items)
     keys = [dedupe_key(i.data) for i in items]
     try:
-        return _accept_once(sessions, items, keys)
+        return _accept_once(sessions, items, keys, also)
     except IntegrityError:
         # Another connection stored one of these between our check and insert: now it is known.
-        return _accept_once(sessions, items, keys)
+        return _accept_once(sessions, items, keys, also)
 
 
 def accept(sessions: sessionmaker[Session], item: Incoming) -> Accepted:

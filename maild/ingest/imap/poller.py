@@ -31,8 +31,9 @@ from imapclient.exceptions import IMAPClientError
 
 from maild.config import MailboxConfig
 from maild.ingest.imap.client import ImapSetupError, drop, explain, open_client
-from maild.ingest.imap.state import Frontier, Mark, load_mark, save_mark
+from maild.ingest.imap.state import Frontier, Mark, load_mark, record_mark, save_mark
 from maild.ingest.intake import Accepted, Incoming, accept_many
+from maild.ingest.pipeline import Ahead
 from maild.ingest.smtp import Router
 
 log = logging.getLogger("maild.imap")
@@ -111,6 +112,45 @@ class _Prefetch:
         return self.io.submit(self.link._fetch, self.parts.popleft()) if self.parts else None
 
 
+class _Processing:
+    """Runs the pipeline over each stored batch while the next one is fetched, stored and
+    parsed (as `maild import` does), or hands the batches to `on_stored` (the daemon).
+    A batch whose processing fails stays pending for the next pass: it is stored."""
+
+    def __init__(self, service: ImapService, label: str) -> None:
+        self.service, self.label = service, label
+        self.waiting: tuple[list[int], Ahead] | None = None
+
+    def add(self, accepted: list[Accepted], items: list[Incoming]) -> None:
+        try:
+            if self.service.on_stored is not None:
+                self.service.on_stored(accepted)
+                return
+            fresh = [(a.raw_id, i.data, i.envelope_to, i.envelope_from)
+                     for a, i in zip(accepted, items) if not a.duplicate]
+            ahead = self.service.pipeline.prepare_ahead(fresh)  # copies stored earlier: read back if pending
+        except Exception as exc:
+            self._deferred(len(accepted), exc)
+            return
+        self.finish()
+        self.waiting = ([a.raw_id for a in accepted], ahead)
+
+    def finish(self) -> None:
+        """Process the batch still waiting, if any."""
+        if self.waiting is None:
+            return
+        raw_ids, ahead = self.waiting
+        self.waiting = None
+        try:
+            self.service.pipeline.process(raw_ids, ahead)
+        except Exception as exc:
+            self._deferred(len(raw_ids), exc)
+
+    def _deferred(self, count: int, exc: Exception) -> None:
+        log.warning("%s: %d message(s) stored, processing deferred: %s", self.label, count,
+                    explain(exc, self.service.cfg))
+
+
 class FolderLink:
     """A logged-in connection to the mailbox's folder, running passes and waiting for mail."""
 
@@ -182,16 +222,25 @@ class FolderLink:
 
         All IMAP commands run, in order, on that one thread; a move is queued only
         after its messages are committed, so nothing is moved before it is durable."""
-        total, done, pending = len(uids), 0, []
+        total = len(uids)
         if total >= PROGRESS_EVERY:
             log.info("%s: %d messages to fetch", self._label, total)
+        processing = _Processing(self.service, self._label)
+        try:
+            self._fetch_all(uids, report, stop, processing)
+        finally:
+            processing.finish()  # the last batch stored (or, on an error, what is stored so far)
+
+    def _fetch_all(self, uids: list[int], report: PassReport, stop: threading.Event | None,
+                   processing: _Processing) -> None:
+        total, done, pending = len(uids), 0, []
         with ThreadPoolExecutor(1, thread_name_prefix=f"imap-{self.service.name}") as io:
             ahead, moving = _Prefetch(io, self, uids), None
             batch = ahead.next()
             while batch is not None and not (stop is not None and stop.is_set()):
                 got, items = batch.result()
                 batch = ahead.next()
-                self._store(items, ahead.frontier.add(got), report)
+                self._store(items, ahead.frontier.add(got), report, processing)
                 if not self.cfg.keep_on_server:
                     pending += got
                 if pending and (len(pending) >= MOVE_EVERY or batch is None):
@@ -227,17 +276,17 @@ class FolderLink:
         items = [self.service.incoming(fetched[u][b"BODY[]"], "import" if u < backlog else "imap") for u in got]
         return got, items
 
-    def _store(self, items: list[Incoming], last: int, report: PassReport) -> None:
-        accepted = accept_many(self.service.sessions, items)
+    def _store(self, items: list[Incoming], last: int, report: PassReport, processing: _Processing) -> None:
+        mark, name, folder = replace(self.mark, last_uid=last), self.service.name, self.cfg.folder
+        # The mark moves in the transaction that commits the bytes it covers.
+        accepted = accept_many(self.service.sessions, items, also=(
+            (lambda s: record_mark(s, name, folder, mark)) if last > self.mark.last_uid else None))
         # Committed: from here on these messages are ours, whatever happens to the connection.
-        self._advance(last)
+        if last > self.mark.last_uid:
+            self.mark = mark
         report.stored += sum(not a.duplicate for a in accepted)
         report.duplicates += sum(a.duplicate for a in accepted)
-        try:
-            self.service.stored(accepted)
-        except Exception as exc:
-            log.warning("%s: %d message(s) stored, processing deferred: %s", self._label, len(accepted),
-                        explain(exc, self.cfg))
+        processing.add(accepted, items)
 
     def _oversize(self, uids: list[int], sizes: dict[int, int]) -> None:
         """Never fetched: moved to the oversize folder (or passed over in place), reported once."""
@@ -352,6 +401,7 @@ class ImapService:
         self.sessions = app.sessions
         self.pipeline = app.pipeline
         self.router = Router(app.settings.mailbox)
+        self.first = self.router.order[self.name] == 0 and self.router.mailbox_for(self.address) == self.name
         self.max_size = app.settings.ingest.max_message_size
         self.batch_size = batch_size
         self.backoff = backoff
@@ -359,15 +409,9 @@ class ImapService:
 
     def incoming(self, data: bytes, source: str) -> Incoming:
         """A fetched message for the intake, under the mailbox the routing rule chooses."""
-        chosen = self.router.choose(data, (self.address,))
+        # The first mailbox in config order wins whatever else the To/Cc name: no need to read them.
+        chosen = self.name if self.first else self.router.choose(data, (self.address,))
         return Incoming(data, chosen, source, delivered_to=self.name)
-
-    def stored(self, accepted: list[Accepted]) -> None:
-        """Process a batch just committed, copies stored earlier and still pending included."""
-        if self.on_stored is not None:
-            self.on_stored(accepted)
-        else:
-            self.pipeline.process([a.raw_id for a in accepted])
 
     def catch_up(self) -> None:
         """Before a pass: mail an earlier pass stored but could not process is processed now

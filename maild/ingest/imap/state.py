@@ -73,22 +73,26 @@ def load_mark(sessions: sessionmaker[Session], mailbox: str, folder: str) -> Mar
         return Mark(row.uidvalidity, row.last_uid, row.backlog_below) if row else None
 
 
+def record_mark(session: Session, mailbox: str, folder: str, mark: Mark) -> None:
+    """save_mark in the caller's transaction: the intake's, committing the mark with the bytes it covers."""
+    row = _row(session, mailbox, folder)
+    if row is None:
+        row = ImapFolderState(mailbox=mailbox, folder=folder)
+        session.add(row)
+    if row.uidvalidity != mark.uidvalidity:  # new, or a reset: the mark starts afresh
+        row.uidvalidity, row.last_uid, row.backlog_below = (mark.uidvalidity, mark.last_uid, mark.backlog_below)
+    else:
+        row.last_uid = max(row.last_uid, mark.last_uid)
+    row.updated_at = utcnow()
+
+
 def save_mark(sessions: sessionmaker[Session], mailbox: str, folder: str, mark: Mark) -> None:
     """Record the mark. Under the same UIDVALIDITY it only ever moves forward, so a
     second poller (a cron `maild poll` beside the daemon) can never move it back."""
     for attempt in (1, 2):
         try:
             with sessions() as session, session.begin():
-                row = _row(session, mailbox, folder)
-                if row is None:
-                    row = ImapFolderState(mailbox=mailbox, folder=folder)
-                    session.add(row)
-                if row.uidvalidity != mark.uidvalidity:  # new, or a reset: the mark starts afresh
-                    row.uidvalidity, row.last_uid, row.backlog_below = (
-                        mark.uidvalidity, mark.last_uid, mark.backlog_below)
-                else:
-                    row.last_uid = max(row.last_uid, mark.last_uid)
-                row.updated_at = utcnow()
+                record_mark(session, mailbox, folder, mark)
             return
         except IntegrityError:
             if attempt == 2:  # another poller inserted the row first: the second try updates it
