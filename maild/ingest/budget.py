@@ -29,6 +29,7 @@ from maild.ingest.stages.parse import parse
 from maild.ingest.stages.records import Classification, ParsedMessage
 
 RECYCLE_AFTER = 2000  # messages per worker process: a fresh one bounds what fragmentation costs
+NICENESS = 5  # how much lower the workers' priority is than the storing process's
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,12 @@ def _run_chunk(
     return [task(data, envelope_to, own, memory, envelope_from) for data, envelope_to, envelope_from in items]
 
 
+def _yield_to_store() -> None:
+    """In each worker: a lower priority than the process that stores. Storing is the one
+    serial step (message by message, in order); the workers only have to keep ahead of it."""
+    os.nice(NICENESS)
+
+
 def _context() -> multiprocessing.context.BaseContext:
     """fork in a single-threaded command (cheap, nothing to import again); forkserver in
     the daemon, where forking a process with other threads running is unsafe."""
@@ -138,7 +145,8 @@ class Budget:
     def _started(self) -> ProcessPool:
         with self._lock:
             if self._pool is None or not self._pool.active:
-                self._pool = ProcessPool(self.workers, max_tasks=RECYCLE_AFTER, context=_context())
+                self._pool = ProcessPool(self.workers, max_tasks=RECYCLE_AFTER, context=_context(),
+                                         initializer=_yield_to_store)
             return self._pool
 
     def submit(self, data: bytes, envelope_to: tuple[str, ...], envelope_from: str | None = None) -> Future:

@@ -19,9 +19,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from email.parser import BytesHeaderParser
@@ -31,15 +30,14 @@ from imapclient.exceptions import IMAPClientError
 
 from maild.config import MailboxConfig
 from maild.ingest.imap.client import ImapSetupError, drop, explain, open_client
-from maild.ingest.imap.state import Frontier, Mark, load_mark, record_mark, save_mark
+from maild.ingest.imap.batches import Prefetch, Processing
+from maild.ingest.imap.state import Mark, load_mark, record_mark, save_mark
 from maild.ingest.intake import Accepted, Incoming, accept_many
-from maild.ingest.pipeline import Ahead
 from maild.ingest.smtp import Router
 
 log = logging.getLogger("maild.imap")
 
 BATCH_SIZE = 200  # UIDs per FETCH
-SIZE_WINDOW = 1000  # UIDs per FETCH of sizes
 MOVE_EVERY = 1000  # stored messages per MOVE (fewer, larger moves cost the server less)
 BATCH_BYTES = 32 * 1024 * 1024  # message bytes per batch (at least one message); two batches in memory
 PROGRESS_EVERY = 1000  # log progress every this many messages of a long sync
@@ -67,11 +65,6 @@ class PassReport:
                 f"{self.oversize} oversize, {self.moved} moved")
 
 
-def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
 def _parts(uids: list[int], sizes: dict[int, int], count: int, limit: int) -> Iterator[list[int]]:
     """Runs of at most `count` UIDs and `limit` bytes (at least one message each)."""
     part: list[int] = []
@@ -84,71 +77,6 @@ def _parts(uids: list[int], sizes: dict[int, int], count: int, limit: int) -> It
         held += sizes[uid]
     if part:
         yield part
-
-
-class _Prefetch:
-    """Keeps the I/O thread a batch (and a window of sizes) ahead of the store."""
-
-    def __init__(self, io: ThreadPoolExecutor, link: FolderLink, uids: list[int]) -> None:
-        self.io, self.link = io, link
-        self.windows = _chunks(uids, SIZE_WINDOW)
-        self.parts: deque[list[int]] = deque()
-        self.frontier = Frontier(uids)
-        self.oversize = 0  # set aside by the I/O thread (moved, or passed over in place)
-        self.sizing = self._size_next()
-
-    def _size_next(self) -> Future | None:
-        window = next(self.windows, None)
-        return None if window is None else self.io.submit(self.link._size_window, window)
-
-    def next(self) -> Future | None:
-        """The next batch being fetched: (UIDs fetched, their messages)."""
-        while not self.parts and self.sizing is not None:
-            parts, oversize = self.sizing.result()
-            self.parts.extend(parts)
-            self.frontier.add(oversize)
-            self.oversize += len(oversize)
-            self.sizing = self._size_next()
-        return self.io.submit(self.link._fetch, self.parts.popleft()) if self.parts else None
-
-
-class _Processing:
-    """Runs the pipeline over each stored batch while the next one is fetched, stored and
-    parsed (as `maild import` does), or hands the batches to `on_stored` (the daemon).
-    A batch whose processing fails stays pending for the next pass: it is stored."""
-
-    def __init__(self, service: ImapService, label: str) -> None:
-        self.service, self.label = service, label
-        self.waiting: tuple[list[int], Ahead] | None = None
-
-    def add(self, accepted: list[Accepted], items: list[Incoming]) -> None:
-        try:
-            if self.service.on_stored is not None:
-                self.service.on_stored(accepted)
-                return
-            fresh = [(a.raw_id, i.data, i.envelope_to, i.envelope_from)
-                     for a, i in zip(accepted, items) if not a.duplicate]
-            ahead = self.service.pipeline.prepare_ahead(fresh)  # copies stored earlier: read back if pending
-        except Exception as exc:
-            self._deferred(len(accepted), exc)
-            return
-        self.finish()
-        self.waiting = ([a.raw_id for a in accepted], ahead)
-
-    def finish(self) -> None:
-        """Process the batch still waiting, if any."""
-        if self.waiting is None:
-            return
-        raw_ids, ahead = self.waiting
-        self.waiting = None
-        try:
-            self.service.pipeline.process(raw_ids, ahead)
-        except Exception as exc:
-            self._deferred(len(raw_ids), exc)
-
-    def _deferred(self, count: int, exc: Exception) -> None:
-        log.warning("%s: %d message(s) stored, processing deferred: %s", self.label, count,
-                    explain(exc, self.service.cfg))
 
 
 class FolderLink:
@@ -225,17 +153,17 @@ class FolderLink:
         total = len(uids)
         if total >= PROGRESS_EVERY:
             log.info("%s: %d messages to fetch", self._label, total)
-        processing = _Processing(self.service, self._label)
+        processing = Processing(self.service, self._label)
         try:
             self._fetch_all(uids, report, stop, processing)
         finally:
             processing.finish()  # the last batch stored (or, on an error, what is stored so far)
 
     def _fetch_all(self, uids: list[int], report: PassReport, stop: threading.Event | None,
-                   processing: _Processing) -> None:
+                   processing: Processing) -> None:
         total, done, pending = len(uids), 0, []
         with ThreadPoolExecutor(1, thread_name_prefix=f"imap-{self.service.name}") as io:
-            ahead, moving = _Prefetch(io, self, uids), None
+            ahead, moving = Prefetch(io, self, uids), None
             batch = ahead.next()
             while batch is not None and not (stop is not None and stop.is_set()):
                 got, items = batch.result()
@@ -276,7 +204,7 @@ class FolderLink:
         items = [self.service.incoming(fetched[u][b"BODY[]"], "import" if u < backlog else "imap") for u in got]
         return got, items
 
-    def _store(self, items: list[Incoming], last: int, report: PassReport, processing: _Processing) -> None:
+    def _store(self, items: list[Incoming], last: int, report: PassReport, processing: Processing) -> None:
         mark, name, folder = replace(self.mark, last_uid=last), self.service.name, self.cfg.folder
         # The mark moves in the transaction that commits the bytes it covers.
         accepted = accept_many(self.service.sessions, items, also=(
