@@ -14,9 +14,10 @@ import corpusgen
 
 
 @pytest.mark.slow
-def test_generated_corpus_threads_perfectly_and_imports_once(cli, tmp_path):
+@pytest.mark.parametrize("batch", ["200", "7"])  # 7: many batches parsing ahead of the one stored
+def test_generated_corpus_threads_perfectly_and_imports_once(cli, tmp_path, batch):
     manifest = corpusgen.generate(300, 3, tmp_path / "md", "maildir")
-    assert cli("import", "--mailbox", "support", str(tmp_path / "md")).exit_code == 0
+    assert cli("import", "--mailbox", "support", "--batch", batch, str(tmp_path / "md")).exit_code == 0
     issues = cli.json("issues", "list")
     assert len(issues) == len(manifest.conversations)
     of_message = {mid: c.number for c in manifest.conversations for mid in c.message_ids}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import deque
 from collections.abc import Iterable, Iterator
 
 import click
@@ -15,6 +16,7 @@ from maild.config import IngestConfig, Settings
 from maild.db import first_line, is_transient
 from maild.ingest.stages.classify import OwnMail, classify
 from maild.ingest.intake import Incoming, accept_many
+from maild.ingest.pipeline import Ahead
 from maild.ingest.stages.parse import as_json as parsed_json
 from maild.ingest.stages.parse import NestingTooDeep, parse
 from maild.ingest.sources import SourceError, open_source
@@ -77,7 +79,8 @@ def ingest(settings: Settings, mailbox_name: str | None, files: tuple[str, ...])
     app.close()
 
 
-BATCH_BYTES = 64 * 1024 * 1024  # two batches are in memory at once: one parsing, one storing
+BATCH_BYTES = 64 * 1024 * 1024  # at most two batches' worth of messages are in memory: parsing, and storing
+AHEAD = 2  # stored batches parsing ahead of the one being processed, while they fit in BATCH_BYTES
 
 
 def _batches(messages: Iterable[bytes], size: int, max_bytes: int = BATCH_BYTES) -> Iterator[list[bytes]]:
@@ -92,6 +95,13 @@ def _batches(messages: Iterable[bytes], size: int, max_bytes: int = BATCH_BYTES)
         total += len(data)
     if chunk:
         yield chunk
+
+
+def _process_oldest(app, waiting: deque[tuple[list[int], Ahead, int]]) -> int:
+    """Process the oldest stored batch (its parsing started earlier); how many messages it held."""
+    raw_ids, ahead, _ = waiting.popleft()
+    app.pipeline.process(raw_ids, ahead)
+    return len(raw_ids)
 
 
 @main.command("import")
@@ -113,7 +123,9 @@ def import_(settings: Settings, mailbox_name: str, batch: int, path: str) -> Non
     new = dup = 0
     columns = (TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     limit = settings.ingest.max_message_size
-    waiting = None  # the stored batch whose parsing runs while the next one is read and stored
+    # Stored batches whose parsing runs while later ones are read and stored: the
+    # workers stay up to AHEAD batches in front of the store, which evens out their pace.
+    waiting: deque[tuple[list[int], Ahead, int]] = deque()
     with Progress(*columns, console=None, transient=False) as progress:
         task = progress.add_task("import", total=total)
         for chunk in _batches(messages, batch):
@@ -122,18 +134,16 @@ def import_(settings: Settings, mailbox_name: str, batch: int, path: str) -> Non
             fresh = [(a.raw_id, item.data, ()) for a, item in zip(accepted, items) if not a.duplicate]
             dup += len(items) - len(fresh)
             new += len(fresh)
-            ahead = ([raw_id for raw_id, _, _ in fresh], app.pipeline.prepare_ahead(fresh))
-            if waiting:
-                app.pipeline.process(*waiting)
-                progress.advance(task, len(waiting[0]))
-            waiting = ahead
+            held = sum(len(data) for _, data, _ in fresh)
+            waiting.append(([raw_id for raw_id, _, _ in fresh], app.pipeline.prepare_ahead(fresh), held))
+            while len(waiting) > AHEAD or (len(waiting) > 1 and sum(w[2] for w in waiting) > BATCH_BYTES):
+                progress.advance(task, _process_oldest(app, waiting))
             skipped = len(chunk) - len(items)
             if skipped:
                 click.echo(f"maild: skipped {skipped} message(s) over ingest.max_message_size", err=True)
             progress.advance(task, len(chunk) - len(fresh))
-        if waiting:
-            app.pipeline.process(*waiting)
-            progress.advance(task, len(waiting[0]))
+        while waiting:
+            progress.advance(task, _process_oldest(app, waiting))
     with app.sessions() as session:
         quarantined = len(quarantine_view.list_quarantine(session))
     app.close()
