@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -20,6 +21,7 @@ from maild.desk.notify import Notifier
 from maild.desk.reminders import Reminders
 from maild.desk.selftest import Selftest, record_return
 from maild.desk.turnaround import Turnaround, track
+from maild.outbound.outbox import wake_on_queued
 from maild.outbound.sender import Sender
 from maild.outbound.templates import Templates
 from maild.probes import ProbeSigner
@@ -41,10 +43,13 @@ class App:
     turnaround: Turnaround
     reminders: Reminders
     selftest: Selftest
+    readers: Engine | None = None  # SQLite: reads that never take the write lock
 
     def close(self) -> None:
         self.pipeline.close()
         self.engine.dispose()
+        if self.readers is not None:
+            self.readers.dispose()
 
 
 def make_signer(settings: Settings, required: bool = False) -> TokenSigner | None:
@@ -72,11 +77,31 @@ def build(settings: Settings, *, secret_required: bool = False, workers: int = 1
     templates = Templates(settings.templates_dir)
     notifier = Notifier(settings, signer, templates)
     probes = ProbeSigner(settings.secret()) if signer is not None else None
-    pipeline = Pipeline(settings, sessions, signer, hooks=[notifier, record_return], workers=workers, probes=probes)
+    readers = db.make_engine(settings.database.url, write_first=False) if engine.dialect.name == "sqlite" else None
+    pipeline = Pipeline(settings, sessions, signer, hooks=[notifier, record_return], workers=workers, probes=probes,
+                        readers=db.session_factory(readers) if readers is not None else None)
     sender = Sender(settings, sessions, hooks=notifier)
     turnaround = Turnaround(settings)
     track(sessions, turnaround)  # first responses, pauses and resolutions, as every session flushes
     reminders = Reminders(settings, sessions, signer, templates, turnaround)
     selftest = Selftest(settings, sessions, probes, templates)
     return App(settings, engine, sessions, signer, pipeline, templates, notifier, sender, turnaround, reminders,
-               selftest)
+               selftest, readers)
+
+
+def build_sender(settings: Settings, wake: Any = None) -> Sender:
+    """Only what sending needs, for a sender in a process of its own (maild/sendproc.py).
+
+    The database is migrated and the config synced already (by the daemon that
+    started it). `wake`, an event shared with the daemon, replaces the sender's own.
+    """
+    engine = db.make_engine(settings.database.url)
+    sessions = db.session_factory(engine)
+    signer = make_signer(settings)
+    notifier = Notifier(settings, signer, Templates(settings.templates_dir))
+    track(sessions, Turnaround(settings))  # failure notices recorded as the daemon's are
+    sender = Sender(settings, sessions, hooks=notifier)
+    if wake is not None:
+        sender.wake = wake
+    wake_on_queued(sessions, sender.wake.set)  # a failure notice queued here leaves at once too
+    return sender

@@ -36,7 +36,9 @@ from maild.ingest.intake import Accepted, Incoming, accept, accept_many
 from maild.ingest.pipeline import Ahead, Pipeline
 from maild.models import RawMessage
 from maild.outbound.outbox import wake_on_queued
+from maild.outbound.sender import Sender
 from maild.scheduler import Job, Scheduler
+from maild.sendproc import SenderProcess
 from maild.writegate import WriteGate
 from maild.web.server import WebService, web_service
 
@@ -434,10 +436,12 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
         from maild.desk.lifecycle import INTERVAL, PendingCloser
 
         jobs.append(Job("pending-close", INTERVAL, PendingCloser(settings, app.sessions, app.templates).run))
-    # The outbox sender runs every outbound.send_interval, and at once when a commit queued mail.
-    wake_on_queued(app.sessions, app.sender.wake.set)
+    # The outbox sender runs every outbound.send_interval, and at once when a commit queued mail:
+    # in a process of its own (a core to itself), unless the database lives in this process's memory.
+    sender: Sender | SenderProcess = app.sender if db.in_memory(settings.database.url) else SenderProcess(settings)
+    wake_on_queued(app.sessions, sender.wake.set)
     services: list[Service] = [
-        app.sender,
+        sender,
         DrainWorker(app.pipeline, intake, cfg.drain_batch, cfg.drain_interval, cfg.max_drain_batch),
         *imap_services(app, on_stored=intake.arrived),
     ]

@@ -42,6 +42,13 @@ def display_url(url: str) -> str:
         return "(invalid database URL)"
 
 
+def in_memory(url: str) -> bool:
+    """A SQLite database in this process's memory: no other process can open it."""
+    u = make_url(url)
+    return u.get_backend_name() == "sqlite" and (
+        u.database in (None, "", ":memory:") or u.query.get("mode") == "memory" or "mode=memory" in u.database)
+
+
 def make_engine(url: str, lock_wait: float | None = None, write_first: bool = True) -> Engine:
     """An engine for SQLite or PostgreSQL.
 

@@ -126,10 +126,14 @@ class Pipeline:
         hooks: Iterable[Hook] = (),
         workers: int = 1,
         probes: ProbeSigner | None = None,
+        readers: sessionmaker[Session] | None = None,
     ) -> None:
         self.settings = settings
         self.probes = probes  # recognises the self-test's signed probes
         self.sessions = sessions
+        # What is pending, and its bytes, are read without the write lock (SQLite): a
+        # read never waits for the intake's stores or a sender's commit.
+        self.readers = readers or sessions
         self.hooks = list(hooks)
         own = settings.own_addresses
         self.rules = AddressRules(settings.ingest.fold_plus_addresses, settings.ingest.case_sensitive_local_part)
@@ -222,7 +226,7 @@ class Pipeline:
 
     def prepare_pending(self, raw_ids: Iterable[int]) -> Ahead:
         """prepare_ahead for stored messages, read from the database (those still pending)."""
-        with self.sessions() as session:
+        with self.readers() as session:
             rows = self._pending(session, list(raw_ids), data=True)
             return self.prepare_ahead((r.id, r.data, tuple(r.envelope_to or ()), r.envelope_from) for r in rows)
 
@@ -321,7 +325,7 @@ class Pipeline:
                  .order_by(RawMessage.id).limit(limit))
         ids: list[int] = []
         held = 0
-        with self.sessions() as session:
+        with self.readers() as session:
             for raw_id, size in session.execute(query):
                 held += size
                 if ids and held > max_bytes:

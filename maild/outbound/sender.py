@@ -79,6 +79,18 @@ UNKNOWN_ERROR = ("delivery uncertain twice: a sender stopped while sending it; i
                  "and it is not sent again")
 
 
+class Flag(Protocol):
+    """A threading.Event, or a multiprocessing one shared with the daemon (maild/sendproc.py)."""
+
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
 class DeliveryHooks(Protocol):
     """What the desk does when mail does not get through (desk/notify.py)."""
 
@@ -141,12 +153,12 @@ class Sender:
         # dies, so none waits in hand unsent (and other senders get their share).
         self.batch = o.connections
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self.wake = threading.Event()  # set when mail was queued: send now rather than at the next interval
+        self.wake: Flag = threading.Event()  # set when mail was queued: send now rather than at the next interval
         self._next_stale_check = 0.0
 
     # -- the daemon's service ---------------------------------------------------------------
 
-    def run(self, stop: threading.Event) -> None:
+    def run(self, stop: Flag) -> None:
         """Send what is due, then wait for queued mail or `send_interval`, until `stop`."""
         while not stop.is_set():
             self.wake.clear()
@@ -164,7 +176,7 @@ class Sender:
 
     # -- one run -----------------------------------------------------------------------------
 
-    def run_once(self, now: datetime | None = None, stop: threading.Event | None = None) -> Counter:
+    def run_once(self, now: datetime | None = None, stop: Flag | None = None) -> Counter:
         """Deliver what is due; returns how many rows ended in each status."""
         clock = _Clock(now)
         self._next_stale_check = 0.0  # each run looks for expired leases first

@@ -1,0 +1,72 @@
+"""The outbox sender in its own process: it dies with the daemon, and comes back if it dies alone.
+
+`maild run` is a real subprocess relaying to a real SMTP sink process; the
+sender is found by the pid the daemon logs when it starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from daemon_helpers import Maild, daemon_config, message, smtp_client
+from test_outbound import outbound, relay  # noqa: F401  (the fixture)
+
+STARTED = re.compile(r"sender process started pid=(\d+)")
+
+
+def gone(pid: int) -> bool:
+    """No such process, or a zombie its new parent has yet to reap."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait(predicate, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return result
+
+
+@pytest.fixture
+def maild(tmp_path, db_url, relay):  # noqa: F811
+    relay.start()
+    config = daemon_config(tmp_path, db_url, daemon="\n" + outbound(f"127.0.0.1:{relay.port}", send_interval=3600.0))
+    m = Maild(config).start()
+    yield m
+    m.kill()
+
+
+def senders(m: Maild) -> list[int]:
+    return [int(p) for p in STARTED.findall(m.log)]
+
+
+def test_the_sender_process_goes_when_the_daemon_is_killed(maild):
+    (pid,) = wait(lambda: senders(maild), "the sender process to start")
+    assert not gone(pid)
+    os.kill(maild.proc.pid, signal.SIGKILL)
+    maild.proc.wait()
+    wait(lambda: gone(pid), "the orphaned sender process to exit")
+
+
+def test_a_sender_process_that_dies_is_started_again_and_mail_still_leaves(maild, relay):  # noqa: F811
+    (first,) = wait(lambda: senders(maild), "the sender process to start")
+    os.kill(first, signal.SIGKILL)
+    wait(lambda: len(senders(maild)) == 2, "a new sender process")
+    assert "exited with status -9; starting it again" in maild.log
+    with smtp_client(maild.config) as s:
+        s.sendmail("pat@example.com", ["support@acme.test"], message("Printer on fire"))
+    # the reps' notifications (acknowledgements are off here), woken at once, not at send_interval
+    wait(lambda: len(relay.messages()) >= 2, "the notifications at the relay")
+    assert sorted(env["to"][0] for env, _ in relay.messages()) == ["alice@acme.test", "bob@acme.test"]
+    assert maild.stop() == 0
+    second = senders(maild)[1]
+    assert gone(second), "the sender process outlived a clean stop"
