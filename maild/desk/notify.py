@@ -14,14 +14,14 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from maild.config import Settings
 from maild.ingest.stages.records import Stored
 from maild.subjects import subject_tag
 from maild.models import (
-    Action, Category, Customer, CustomerAddress, Interaction, Issue, OutboxMessage, RawMessage, Rep, utcnow,
+    Action, Attachment, Category, Customer, CustomerAddress, Interaction, Issue, OutboxMessage, RawMessage, Rep, utcnow,
 )
 from maild.tokens import TokenSigner
 from maild.outbound.compose import Outgoing
@@ -56,6 +56,12 @@ def _issue_view_statement():
 
 
 _ISSUE_VIEW = _issue_view_statement()
+# What a notification says of the mail that caused it, in one read (no ORM object, no flush).
+_TRIGGER = select(
+    Interaction.message_id, Interaction.references, Interaction.from_email, Interaction.from_name,
+    Interaction.subject, Interaction.new_text, Interaction.bounce,
+    exists().where(Attachment.interaction_id == Interaction.id).label("has_files"),
+).where(Interaction.id == bindparam("id"))
 
 
 def _from_rep(stored: Stored) -> bool:
@@ -89,27 +95,37 @@ class Notifier:
         if stored.token_purpose == "unsubscribe":  # a campaign's unsubscribe address: an opt-out, nothing sent
             opt_out(session, self._unsubscribing(session, stored))
             return
-        interaction = session.get_one(Interaction, stored.interaction_id)
-        if interaction.bounce:
-            self._mark_failing(session, interaction.bounce, stored.issue_id)
+        # No flush per mail: what earlier mail of the batch queued is written at commit, in one go.
+        with session.no_autoflush:
+            trigger = session.execute(_TRIGGER, {"id": stored.interaction_id}).one()
+        if trigger.bounce:
+            self._mark_failing(session, trigger.bounce, stored.issue_id)
             return
         if _from_rep(stored):
-            self.repmail.handle(session, stored, interaction)
+            self.repmail.handle(session, stored, session.get_one(Interaction, stored.interaction_id))
             return
-        wake_pending(session, stored)  # the customer answered: a pending issue is open again
+        with session.no_autoflush:
+            self._notify(session, stored, trigger)
+
+    def _notify(self, session: Session, stored: Stored, trigger_row) -> None:
+        """A customer's mail: what decide says to send, queued (unflushed: see auto_allowed)."""
+        assert stored.issue_id is not None and stored.interaction_id is not None
+        if wake_pending(session, stored):  # the customer answered: a pending issue is open again
+            session.flush()  # the issue read next sees it open
         # A new issue has nothing before its first mail: no digest to read.
-        issue = self._issue_view(session, stored.issue_id, before=None if stored.new_issue else interaction.id)
+        issue = self._issue_view(session, stored.issue_id,
+                                 before=None if stored.new_issue else stored.interaction_id)
         carried: tuple = ()
         listed: tuple[FileView, ...] = ()
-        if interaction.attachments and self._may_notify(stored):
+        if trigger_row.has_files and self._may_notify(stored):
+            interaction = session.get_one(Interaction, stored.interaction_id)
             files, left = attachments.fit(attachments.of_interaction(interaction),
                                           self.settings.outbound.notify_attachments_max)
             carried = attachments.load(session, files)
             listed = tuple(FileView(f.filename, f.size) for f in left)
-        trigger = TriggerView(
-            interaction.message_id, tuple(interaction.references), interaction.from_email,
-            interaction.from_name, interaction.subject, interaction.new_text, carried, listed,
-        )
+        t = trigger_row
+        trigger = TriggerView(t.message_id, tuple(t.references or ()), t.from_email, t.from_name or "",
+                              t.subject or "", t.new_text or "", carried, listed)
         for out in decide(stored, issue, trigger, self._context(session, issue)):
             row = enqueue(session, out, self.policy, flush=False)  # written with the batch's next flush
             log.info("queued message_id=%s kind=%s issue=%s to=%s", row.message_id, out.kind, out.issue_id,

@@ -171,6 +171,9 @@ def auto_allowed(session: Session, policy: OutboxPolicy, address: str, now: date
     failing = session.scalar(_FAILING_UNTIL, {"key": key})
     if failing is not None and aware(failing) > now:
         return False
-    sent = session.scalar(_AUTO_SENT, {"key": key, "since": now - timedelta(hours=24)})
-    return (sent or 0) < policy.max_auto_per_recipient
+    sent = session.scalar(_AUTO_SENT, {"key": key, "since": now - timedelta(hours=24)}) or 0
+    # and what this transaction queued but has not flushed yet (enqueue(flush=False))
+    sent += sum(1 for o in session.new
+                if isinstance(o, OutboxMessage) and o.recipient_key == key and o.auto and o.to_customer)
+    return sent < policy.max_auto_per_recipient
 
