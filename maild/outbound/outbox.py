@@ -54,12 +54,15 @@ class OutboxPolicy:
 
 
 _ISSUE_CUSTOMER = select(Issue.customer_id).where(Issue.id == bindparam("issue_id"))
-_FAILING_UNTIL = select(CustomerAddress.failing_until).where(CustomerAddress.key == bindparam("key"))
-_AUTO_SENT = select(func.count(OutboxMessage.id)).where(
-    OutboxMessage.recipient_key == bindparam("key"),
-    OutboxMessage.auto.is_(True),
-    OutboxMessage.to_customer.is_(True),
-    OutboxMessage.created_at > bindparam("since"),
+# An address's failing mark and its day's automatic mail, in one read.
+_AUTO_STANDING = select(
+    select(CustomerAddress.failing_until).where(CustomerAddress.key == bindparam("key")).scalar_subquery(),
+    select(func.count(OutboxMessage.id)).where(
+        OutboxMessage.recipient_key == bindparam("key"),
+        OutboxMessage.auto.is_(True),
+        OutboxMessage.to_customer.is_(True),
+        OutboxMessage.created_at > bindparam("since"),
+    ).scalar_subquery(),
 )
 
 
@@ -168,10 +171,10 @@ def auto_allowed(session: Session, policy: OutboxPolicy, address: str, now: date
     """False when the address bounced recently or had its day's automatic mail already."""
     now = now or utcnow()
     key = policy.rules.key(address)
-    failing = session.scalar(_FAILING_UNTIL, {"key": key})
+    failing, sent = session.execute(_AUTO_STANDING, {"key": key, "since": now - timedelta(hours=24)}).one()
     if failing is not None and aware(failing) > now:
         return False
-    sent = session.scalar(_AUTO_SENT, {"key": key, "since": now - timedelta(hours=24)}) or 0
+    sent = sent or 0
     # and what this transaction queued but has not flushed yet (enqueue(flush=False))
     sent += sum(1 for o in session.new
                 if isinstance(o, OutboxMessage) and o.recipient_key == key and o.auto and o.to_customer)
