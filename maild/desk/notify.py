@@ -47,7 +47,7 @@ def _issue_view_statement():
                    .where(others.customer_id == Issue.customer_id, others.status != "closed").scalar_subquery())
     return (
         select(Issue.id, Issue.subject, Issue.status, Issue.mailbox, Category.name, Issue.assignee_id,
-               first_address, Customer.name, Issue.priority, Rep.name, open_issues)
+               first_address, Customer.name, Issue.priority, Rep.name, open_issues, Issue.customer_id)
         .join(Category, Category.id == Issue.category_id)
         .outerjoin(Customer, Customer.id == Issue.customer_id)
         .outerjoin(Rep, Rep.id == Issue.assignee_id)
@@ -153,7 +153,7 @@ class Notifier:
         row = session.execute(_ISSUE_VIEW, {"issue_id": issue_id}).one()
         return IssueView(
             row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7] or "", priority=row[8],
-            assignee_name=row[9] or "", customer_open_issues=row[10] or 0,
+            assignee_name=row[9] or "", customer_open_issues=row[10] or 0, customer_id=row[11],
             history=self._history(session, issue_id, before) if before is not None else (),
         )
 

@@ -70,6 +70,7 @@ class Outgoing:
     # More headers as (name, value), e.g. a campaign's List-Unsubscribe and Precedence: bulk.
     headers: tuple[tuple[str, str], ...] = ()
     attachments: tuple[OutAttachment, ...] = ()
+    customer_id: int | None = None  # the customer, when the caller knows it (else it is read)
 
 
 def one_line(value: str, limit: int = 900) -> str:

@@ -37,6 +37,7 @@ class IssueView:
     assignee_name: str = ""
     customer_open_issues: int = 0  # the customer's issues not closed, this one included
     history: tuple[HistoryLine, ...] = ()  # the last interactions before the new one, oldest first
+    customer_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def _acknowledgement(issue: IssueView, trigger: TriggerView, ctx: DecideContext)
         kind="acknowledgement", mailbox=issue.mailbox, to=(to,), subject=with_tag(r.subject, ctx.tag(issue.id)),
         body=r.body, issue_id=issue.id, in_reply_to=trigger.message_id,
         references=(*trigger.references, *([trigger.message_id] if trigger.message_id else [])),
-        auto=True, to_customer=True,
+        auto=True, to_customer=True, customer_id=issue.customer_id,
     )
 
 

@@ -70,8 +70,8 @@ def _interaction(
     session: Session, out: Outgoing, message_id: str | None, from_addr: str, from_name: str, channel: str = "email",
     flush: bool = True,
 ) -> Interaction:
-    customer_id = None
-    if out.to_customer and out.issue_id:
+    customer_id = out.customer_id
+    if customer_id is None and out.to_customer and out.issue_id:
         customer_id = session.scalar(_ISSUE_CUSTOMER, {"issue_id": out.issue_id})
     interaction = Interaction(
         direction="outbound" if out.to_customer else "internal",
