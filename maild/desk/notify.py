@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import NamedTuple
 
-from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy import Row, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from maild.config import Settings
@@ -72,6 +73,27 @@ def _from_rep(stored: Stored) -> bool:
     )
 
 
+class _Trigger(NamedTuple):
+    """The _TRIGGER columns, from the record the store stage kept (no read)."""
+
+    message_id: str | None
+    references: list
+    from_email: str | None
+    from_name: str
+    subject: str
+    new_text: str
+    bounce: dict | None
+    has_files: bool
+
+    @classmethod
+    def of(cls, stored: Stored) -> _Trigger | None:
+        r = stored.record
+        if r is None:
+            return None
+        return cls(r["message_id"], r["references"], r["from_email"], r["from_name"], r["subject"], r["new_text"],
+                   r["bounce"], stored.has_files)
+
+
 class Notifier:
     def __init__(self, settings: Settings, signer: TokenSigner | None, templates: Templates) -> None:
         self.settings = settings
@@ -96,8 +118,10 @@ class Notifier:
             opt_out(session, self._unsubscribing(session, stored))
             return
         # No flush per mail: what earlier mail of the batch queued is written at commit, in one go.
-        with session.no_autoflush:
-            trigger = session.execute(_TRIGGER, {"id": stored.interaction_id}).one()
+        trigger: _Trigger | Row | None = _Trigger.of(stored)
+        if trigger is None:
+            with session.no_autoflush:
+                trigger = session.execute(_TRIGGER, {"id": stored.interaction_id}).one()
         if trigger.bounce:
             self._mark_failing(session, trigger.bounce, stored.issue_id)
             return
@@ -107,7 +131,7 @@ class Notifier:
         with session.no_autoflush:
             self._notify(session, stored, trigger)
 
-    def _notify(self, session: Session, stored: Stored, trigger_row) -> None:
+    def _notify(self, session: Session, stored: Stored, trigger_row: _Trigger | Row) -> None:
         """A customer's mail: what decide says to send, queued (unflushed: see auto_allowed)."""
         assert stored.issue_id is not None and stored.interaction_id is not None
         if wake_pending(session, stored):  # the customer answered: a pending issue is open again

@@ -149,3 +149,7 @@ class Stored:
     token_rep_id: int | None = None  # the rep a valid reply token in its recipients names
     token_purpose: str | None = None  # reply, note or customer
     probe: str | None = None  # outcome "probe": the self-test probe's token
+    # The interaction's columns as stored, and whether it has files: what the emit
+    # hooks would otherwise read back from the database, one query per mail.
+    record: dict | None = field(default=None, repr=False, compare=False)
+    has_files: bool = False

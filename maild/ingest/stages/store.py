@@ -209,5 +209,5 @@ def store(
     return Stored(
         raw_id, "interaction", mailbox, issue_id, interaction_id, new_issue, reopened,
         customer_id, sender.rep_id if sender else None, cls.auto, decision.reason, source,
-        decision.token_rep_id, decision.token_purpose,
+        decision.token_rep_id, decision.token_purpose, record=row, has_files=bool(msg.attachments),
     )
