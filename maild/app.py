@@ -77,7 +77,8 @@ def build(settings: Settings, *, secret_required: bool = False, workers: int = 1
     templates = Templates(settings.templates_dir)
     notifier = Notifier(settings, signer, templates)
     probes = ProbeSigner(settings.secret()) if signer is not None else None
-    readers = db.make_engine(settings.database.url, write_first=False) if engine.dialect.name == "sqlite" else None
+    file_db = engine.dialect.name == "sqlite" and not db.in_memory(settings.database.url)
+    readers = db.make_engine(settings.database.url, write_first=False) if file_db else None
     pipeline = Pipeline(settings, sessions, signer, hooks=[notifier, record_return], workers=workers, probes=probes,
                         readers=db.session_factory(readers) if readers is not None else None)
     sender = Sender(settings, sessions, hooks=notifier)

@@ -438,8 +438,13 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
         jobs.append(Job("pending-close", INTERVAL, PendingCloser(settings, app.sessions, app.templates).run))
     # The outbox sender runs every outbound.send_interval, and at once when a commit queued mail:
     # in a process of its own (a core to itself), unless the database lives in this process's memory.
-    sender: Sender | SenderProcess = app.sender if db.in_memory(settings.database.url) else SenderProcess(settings)
-    wake_on_queued(app.sessions, sender.wake.set)
+    sender: Sender | SenderProcess
+    if db.in_memory(settings.database.url):
+        sender = app.sender
+        wake_on_queued(app.sessions, app.sender.wake.set)
+    else:
+        sender = SenderProcess(settings)
+        wake_on_queued(app.sessions, sender.wake)
     services: list[Service] = [
         sender,
         DrainWorker(app.pipeline, intake, cfg.drain_batch, cfg.drain_interval, cfg.max_drain_batch),

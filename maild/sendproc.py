@@ -7,10 +7,14 @@ it sends are the same leased outbox rows (never two senders on one row), so
 nothing about exactly-once changes: the child is one more sender.
 
 The child is started with `spawn` (the daemon has threads; forking it is
-unsafe), builds only what sending needs, and dies with the daemon: the kernel
-sends it SIGTERM when its parent goes, even on `kill -9`, and SIGTERM makes it
-finish the rows in hand and exit. The daemon wakes it through a shared event
-when a commit queued mail, and starts it again if it dies.
+unsafe) and builds only what sending needs. The daemon talks to it through a
+pipe, written without ever blocking: a byte "w" wakes it (a commit queued
+mail), "s" or the pipe's end stops it. No lock or semaphore is shared, so a
+child killed at any moment cannot wedge the daemon. It dies with the daemon:
+the kernel sends it SIGTERM when its parent goes, even on `kill -9` (and it
+checks its parent besides), and SIGTERM makes it settle the rows in hand and
+exit. SIGINT and SIGHUP, which reach a whole process group, are the daemon's
+to act on. If the child dies, the daemon starts it again.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import ctypes
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import threading
-from typing import Any
+from multiprocessing.connection import Connection
 
 from maild.config import Settings
 
@@ -31,32 +36,49 @@ PR_SET_PDEATHSIG = 1
 RESTART_DELAY = 1.0  # seconds before a dead sender is started again
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask the kernel for SIGTERM when the parent goes (Linux); if it went already, go now."""
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the parent goes (Linux; elsewhere the parent check in _listen)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
-        pass  # not Linux: the parent-pid check in the wait loop below still ends it
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
+        pass
 
 
-def _child(settings: Settings, level: int, parent: int, wake: Any, stop: Any) -> None:
-    """The sender process: send until `stop` or SIGTERM."""
+def _listen(control: int, signalled: int, parent: int, wake: threading.Event, stop: threading.Event) -> None:
+    """The child's ear: the daemon's bytes, SIGTERM (through the signal pipe), or an orphaned child."""
+    while not stop.is_set():
+        ready, _, _ = select.select([control, signalled], [], [], 2.0)
+        if signalled in ready:
+            break  # SIGTERM: the only signal with a handler here
+        if control in ready:
+            data = os.read(control, 4096)
+            if not data or b"s" in data:
+                break  # stopped, or the daemon's end closed
+            wake.set()
+        if os.getppid() != parent:
+            break
+    stop.set()
+    wake.set()
+
+
+def _child(settings: Settings, level: int, parent: int, control: Connection) -> None:
+    """The sender process: send until the daemon says stop, goes away, or SIGTERM."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C reaches the whole group: the daemon says when to stop
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # SIGTERM: a handler that does nothing, so the interpreter writes the signal to the
+    # wakeup pipe (async-signal-safe) and the listening thread stops the sender.
+    signalled, wakeup = os.pipe()
+    os.set_blocking(wakeup, False)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.set_wakeup_fd(wakeup)
+    _die_with_parent()
+    stop, wake = threading.Event(), threading.Event()
+    threading.Thread(target=_listen, args=(control.fileno(), signalled, parent, wake, stop),
+                     name="sender-control", daemon=True).start()
     from maild.app import build_sender
 
     sender = build_sender(settings, wake)
-
-    def orphaned() -> None:  # where PDEATHSIG is not to be had
-        while not stop.wait(2.0):
-            if os.getppid() != parent:
-                stop.set()
-
-    threading.Thread(target=orphaned, daemon=True).start()
     sender.run(stop)
 
 
@@ -68,30 +90,58 @@ class SenderProcess:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._ctx = multiprocessing.get_context("spawn")
-        self.wake = self._ctx.Event()  # set after a commit that queued mail
-        self._child_stop = self._ctx.Event()
+        self._lock = threading.Lock()
+        self._control: Connection | None = None  # the daemon's end of the pipe
         self.process: multiprocessing.process.BaseProcess | None = None
 
+    def wake(self) -> None:
+        """Tell the sender mail was queued; never blocks (a full pipe has a wake in it already)."""
+        self._write(b"w")
+
+    def _write(self, data: bytes) -> None:
+        with self._lock:
+            if self._control is None:
+                return
+            try:
+                os.write(self._control.fileno(), data)
+            except (BlockingIOError, BrokenPipeError):
+                pass  # a wake is waiting already, or the child is gone (and will be started again)
+
     def _start(self) -> None:
-        self._child_stop.clear()
-        self.process = self._ctx.Process(
+        reader, writer = self._ctx.Pipe(duplex=False)
+        os.set_blocking(writer.fileno(), False)
+        process = self._ctx.Process(
             target=_child, name="maild-sender",
-            args=(self.settings, logging.getLogger().level, os.getpid(), self.wake, self._child_stop),
+            args=(self.settings, logging.getLogger().level, os.getpid(), reader),
         )
-        self.process.start()
-        log.info("sender process started pid=%s", self.process.pid)
+        process.start()
+        reader.close()  # the child has its copy: when it goes, a write fails rather than fills up
+        with self._lock:
+            old, self._control, self.process = self._control, writer, process
+        if old is not None:
+            old.close()
+        log.info("sender process started pid=%s", process.pid)
 
     def run(self, stop: threading.Event) -> None:
         self._start()
         try:
             while not stop.wait(0.5):
                 assert self.process is not None
-                if not self.process.is_alive():
+                if self.process.is_alive():
+                    continue
+                code = self.process.exitcode
+                if code == 0:
+                    # It was told to stop (SIGTERM to the whole group, as systemd sends):
+                    # the daemon is most likely stopping too; start it again only if not.
+                    log.info("sender process pid=%s stopped", self.process.pid)
+                    if stop.wait(self.settings.daemon.shutdown_grace + 5):
+                        break
+                else:
                     log.error("sender process pid=%s exited with status %s; starting it again",
-                              self.process.pid, self.process.exitcode)
+                              self.process.pid, code)
                     if stop.wait(RESTART_DELAY):
                         break
-                    self._start()
+                self._start()
         finally:
             self._finish()
 
@@ -99,7 +149,11 @@ class SenderProcess:
         """Let the child settle the rows in hand, then make sure it is gone."""
         if self.process is None:
             return
-        self._child_stop.set()
+        self._write(b"s")
+        with self._lock:
+            control, self._control = self._control, None
+        if control is not None:
+            control.close()
         self.process.join(self.settings.daemon.shutdown_grace)
         if self.process.is_alive():
             log.warning("sender process pid=%s still busy after %ss; ending it", self.process.pid,

@@ -57,16 +57,36 @@ def test_the_sender_process_goes_when_the_daemon_is_killed(maild):
     wait(lambda: gone(pid), "the orphaned sender process to exit")
 
 
-def test_a_sender_process_that_dies_is_started_again_and_mail_still_leaves(maild, relay):  # noqa: F811
-    (first,) = wait(lambda: senders(maild), "the sender process to start")
+def notified(relay, subject: str) -> list[str]:  # noqa: F811
+    """The reps told of `subject` (acknowledgements are off here)."""
+    return sorted(env["to"][0] for env, m in relay.messages() if subject in m["Subject"])
+
+
+def test_a_sender_process_killed_while_idle_is_started_again_and_mail_still_leaves(maild, relay):  # noqa: F811
+    """Killed while it waits for work: the daemon must neither hang on it nor lose the next mail."""
+    with smtp_client(maild.config) as s:
+        s.sendmail("pat@example.com", ["support@acme.test"], message("Printer on fire"))
+    wait(lambda: len(notified(relay, "Printer on fire")) == 2, "the first notifications")
+    time.sleep(1.5)  # nothing left to send: the sender is waiting for a wake
+    (first,) = senders(maild)
     os.kill(first, signal.SIGKILL)
     wait(lambda: len(senders(maild)) == 2, "a new sender process")
     assert "exited with status -9; starting it again" in maild.log
     with smtp_client(maild.config) as s:
-        s.sendmail("pat@example.com", ["support@acme.test"], message("Printer on fire"))
-    # the reps' notifications (acknowledgements are off here), woken at once, not at send_interval
-    wait(lambda: len(relay.messages()) >= 2, "the notifications at the relay")
-    assert sorted(env["to"][0] for env, _ in relay.messages()) == ["alice@acme.test", "bob@acme.test"]
+        s.sendmail("pat@example.com", ["support@acme.test"], message("Kettle leaks"))
+    # woken at once (send_interval is an hour), through the new sender
+    assert wait(lambda: notified(relay, "Kettle leaks"), "the second notifications") == ["alice@acme.test",
+                                                                                        "bob@acme.test"]
     assert maild.stop() == 0
-    second = senders(maild)[1]
-    assert gone(second), "the sender process outlived a clean stop"
+    assert gone(senders(maild)[1]), "the sender process outlived a clean stop"
+
+
+def test_a_hangup_to_the_process_group_leaves_the_sender_alone(maild, relay):  # noqa: F811
+    (pid,) = wait(lambda: senders(maild), "the sender process to start")
+    time.sleep(1.0)
+    for p in (maild.proc.pid, pid):  # as a closed terminal signals its whole process group
+        os.kill(p, signal.SIGHUP)
+    with smtp_client(maild.config) as s:
+        s.sendmail("pat@example.com", ["support@acme.test"], message("After the hangup"))
+    wait(lambda: len(notified(relay, "After the hangup")) == 2, "the notifications")
+    assert senders(maild) == [pid] and not gone(pid)

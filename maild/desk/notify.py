@@ -134,8 +134,13 @@ class Notifier:
     def _notify(self, session: Session, stored: Stored, trigger_row: _Trigger | Row) -> None:
         """A customer's mail: what decide says to send, queued (unflushed: see auto_allowed)."""
         assert stored.issue_id is not None and stored.interaction_id is not None
-        if wake_pending(session, stored):  # the customer answered: a pending issue is open again
-            session.flush()  # the issue read next sees it open
+        wake_pending(session, stored)  # the customer answered: a pending issue is open again
+        # The reads below are Core: what earlier mail of the batch changed through the ORM (an
+        # issue closed or assigned by a rep's command, this one woken) must be written first,
+        # and for a digest of the issue, the interactions queued for it too.
+        if session.dirty or session.deleted or (
+                not stored.new_issue and any(isinstance(o, Interaction) for o in session.new)):
+            session.flush()
         # A new issue has nothing before its first mail: no digest to read.
         issue = self._issue_view(session, stored.issue_id,
                                  before=None if stored.new_issue else stored.interaction_id)

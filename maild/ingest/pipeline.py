@@ -308,6 +308,15 @@ class Pipeline:
                         raise _Retry() from exc
                     lookup.forget()  # it may remember writes the savepoint undid
                     outcomes.append(self._quarantine(session, raw.id, current[0], describe(exc)))
+            if not isolate:
+                # Hooks may leave ORM rows unflushed (queued mail): one that fails here is
+                # found, and quarantined, by the isolated run, whose savepoints flush each.
+                try:
+                    session.flush()
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    raise _Retry() from exc
             mark_done(lookup.conn, done)
         return outcomes
 
