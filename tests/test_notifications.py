@@ -8,6 +8,8 @@ interactions (the correspondence with the customer) in `maild issues show`.
 
 from __future__ import annotations
 
+import email
+import email.policy
 import time
 
 import pytest
@@ -128,3 +130,30 @@ def test_upgrading_moves_earlier_notices_out_of_the_interactions(db_url):
         rows = conn.execute(text("SELECT id, interaction_id, subject FROM outbox ORDER BY id")).all()
     assert [tuple(r) for r in rows] == [(1, 2, "Re: Printer [#1]"), (2, None, "Printer [#1]")]
     engine.dispose()
+
+
+def test_a_follow_up_in_the_same_batch_is_told_with_what_the_first_mail_caused(app):
+    """One batch, one transaction: the second mail's notification digests the first mail and
+    the acknowledgement queued for it, though nothing was written between the two."""
+    from sqlalchemy import select
+
+    from maild.ingest.intake import Incoming, accept
+    from maild.models import OutboxMessage
+    from test_pipeline import mail as raw_mail
+
+    first = raw_mail(subject="Printer on fire", body="My printer is on fire.", msgid="<p1@example.com>")
+    second = raw_mail(subject="Re: Printer on fire", body="Now it smokes.", msgid="<p2@example.com>",
+                      in_reply_to="<p1@example.com>")
+    ids = [accept(app.sessions, Incoming(raw, "support", "smtp")).raw_id for raw in (first, second)]
+    one, two = app.pipeline.process(ids)
+    assert one.stored.issue_id == two.stored.issue_id and two.stored.new_issue is False
+    with app.sessions() as s:
+        rows = s.scalars(select(OutboxMessage).where(OutboxMessage.to_customer.is_(False))
+                         .order_by(OutboxMessage.id)).all()
+        texts = [text_of(email.message_from_bytes(r.data, policy=email.policy.default))
+                 for r in rows if r.recipients == ["alice@acme.test"]]
+    assert len(texts) == 2 and "Earlier on this issue" not in texts[0]
+    digest = texts[1][texts[1].index("Earlier on this issue:"):]
+    assert "(inbound): My printer is on fire." in digest
+    assert "(to the customer)" in digest  # the acknowledgement of the first mail
+    assert "Now it smokes" not in digest

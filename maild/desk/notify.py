@@ -117,7 +117,6 @@ class Notifier:
         if stored.token_purpose == "unsubscribe":  # a campaign's unsubscribe address: an opt-out, nothing sent
             opt_out(session, self._unsubscribing(session, stored))
             return
-        # No flush per mail: what earlier mail of the batch queued is written at commit, in one go.
         trigger: _Trigger | Row | None = _Trigger.of(stored)
         if trigger is None:
             with session.no_autoflush:
@@ -132,14 +131,15 @@ class Notifier:
             self._notify(session, stored, trigger)
 
     def _notify(self, session: Session, stored: Stored, trigger_row: _Trigger | Row) -> None:
-        """A customer's mail: what decide says to send, queued (unflushed: see auto_allowed)."""
+        """A customer's mail: what decide says to send, queued and written in one flush at the end
+        (before the batch's next mail is stored, so a conversation's records stay in order)."""
         assert stored.issue_id is not None and stored.interaction_id is not None
         wake_pending(session, stored)  # the customer answered: a pending issue is open again
         # The reads below are Core: what earlier mail of the batch changed through the ORM (an
         # issue closed or assigned by a rep's command, this one woken) must be written first,
-        # and for a digest of the issue, the interactions queued for it too.
-        if session.dirty or session.deleted or (
-                not stored.new_issue and any(isinstance(o, Interaction) for o in session.new)):
+        # and for a digest of the issue, the interactions queued on it too.
+        if session.dirty or session.deleted or (not stored.new_issue and any(
+                isinstance(o, Action) and o.issue_id == stored.issue_id for o in session.new)):
             session.flush()
         # A new issue has nothing before its first mail: no digest to read.
         issue = self._issue_view(session, stored.issue_id,
@@ -156,9 +156,10 @@ class Notifier:
         trigger = TriggerView(t.message_id, tuple(t.references or ()), t.from_email, t.from_name or "",
                               t.subject or "", t.new_text or "", carried, listed)
         for out in decide(stored, issue, trigger, self._context(session, issue)):
-            row = enqueue(session, out, self.policy, flush=False)  # written with the batch's next flush
+            row = enqueue(session, out, self.policy, flush=False)  # written with the others, below
             log.info("queued message_id=%s kind=%s issue=%s to=%s", row.message_id, out.kind, out.issue_id,
                      ",".join(out.to))
+        session.flush()
 
     def _unsubscribing(self, session: Session, stored: Stored) -> int:
         """The campaign issue the unsubscribe token names: its customer is the one who asked,
