@@ -106,6 +106,15 @@ class Maild:
             self.log_file.close()
 
 
+def wait_until(predicate, what: str, timeout: float = 60):
+    """predicate()'s first true result, polled every 0.1 s; fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return result
+
+
 def ports_of(config: Path) -> dict[str, int]:
     from maild.config import load
 

@@ -12,7 +12,7 @@ from email.message import EmailMessage
 import pytest
 
 from conftest import run_maild, write_config
-from daemon_helpers import Maild, free_port, smtp_client
+from daemon_helpers import Maild, free_port, smtp_client, wait_until
 from test_outbound import SinkProcess
 
 
@@ -78,14 +78,6 @@ def test_customer_rep_and_customer_again_over_smtp(tmp_path, db_url):
         sink.stop()
 
 
-def _wait(predicate, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return result
-
-
 @pytest.mark.slow
 def test_rep_workflow_over_smtp_forgery_commands_canned_and_hold(tmp_path, db_url):
     from test_reps import CANNED, client_reply
@@ -117,30 +109,30 @@ def test_rep_workflow_over_smtp_forgery_commands_canned_and_hold(tmp_path, db_ur
         first["Message-ID"] = "<refund1@example.com>"
         first.set_content("Where is my refund?")
         send(first.as_bytes(), "support@acme.test")
-        note = _wait(lambda: to("alice@acme.test"), "Alice's notification")[0]
+        note = wait_until(lambda: to("alice@acme.test"), "Alice's notification")[0]
 
         # A forged rep From on Alice's reply address: customer mail, its commands are text.
         forged, token_addr = client_reply(note, "#close\nRefund granted!", frm="Bob <bob@acme.test>")
         send(forged, token_addr)
-        _wait(lambda: [i for i in issue()["interactions"] if i["from"] == "bob@acme.test"],
+        wait_until(lambda: [i for i in issue()["interactions"] if i["from"] == "bob@acme.test"],
               "the forged mail to be recorded")
         assert issue()["status"] == "open"
 
         # Commands only: the issue changes, the customer gets nothing.
         commands, _ = client_reply(note, "#priority high\n#tag refund")
         send(commands, token_addr)
-        _wait(lambda: issue()["priority"] == "high", "the commands to apply")
+        wait_until(lambda: issue()["priority"] == "high", "the commands to apply")
         assert issue()["tags"] == ["refund"] and to("pat@example.com") == []
 
         # Outlook style, two canned responses and a misspelling: held, then released.
         reply, _ = client_reply(note, "Hello Pat,\n\n#canned refund\n{{canned:thanks}}\nYou will recieve it soon.",
                                 outlook=True)
         send(reply, token_addr)
-        notice = _wait(lambda: [m for m in to("alice@acme.test") if "Spelling" in m["Subject"]], "the hold notice")[0]
+        notice = wait_until(lambda: [m for m in to("alice@acme.test") if "Spelling" in m["Subject"]], "the hold notice")[0]
         assert "recieve" in notice.get_content() and to("pat@example.com") == []
         release, notice_addr = client_reply(notice, "#send")
         send(release, notice_addr)
-        (answer,) = _wait(lambda: to("pat@example.com"), "the released reply")
+        (answer,) = wait_until(lambda: to("pat@example.com"), "the released reply")
         body = answer.get_content()
         assert answer["From"] == "support@acme.test" and answer["In-Reply-To"] == "<refund1@example.com>"
         assert "is on its way, Pat Customer." in body and "Thank you for your patience." in body

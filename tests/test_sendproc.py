@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from daemon_helpers import Maild, daemon_config, message, smtp_client
+from daemon_helpers import Maild, daemon_config, message, smtp_client, wait_until
 from test_outbound import outbound, relay  # noqa: F401  (the fixture)
 
 STARTED = re.compile(r"sender process started pid=(\d+)")
@@ -26,14 +26,6 @@ def gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
-
-
-def wait(predicate, what: str, timeout: float = 60):
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return result
 
 
 @pytest.fixture
@@ -50,11 +42,11 @@ def senders(m: Maild) -> list[int]:
 
 
 def test_the_sender_process_goes_when_the_daemon_is_killed(maild):
-    (pid,) = wait(lambda: senders(maild), "the sender process to start")
+    (pid,) = wait_until(lambda: senders(maild), "the sender process to start")
     assert not gone(pid)
     os.kill(maild.proc.pid, signal.SIGKILL)
     maild.proc.wait()
-    wait(lambda: gone(pid), "the orphaned sender process to exit")
+    wait_until(lambda: gone(pid), "the orphaned sender process to exit")
 
 
 def notified(relay, subject: str) -> list[str]:  # noqa: F811
@@ -66,27 +58,27 @@ def test_a_sender_process_killed_while_idle_is_started_again_and_mail_still_leav
     """Killed while it waits for work: the daemon must neither hang on it nor lose the next mail."""
     with smtp_client(maild.config) as s:
         s.sendmail("pat@example.com", ["support@acme.test"], message("Printer on fire"))
-    wait(lambda: len(notified(relay, "Printer on fire")) == 2, "the first notifications")
+    wait_until(lambda: len(notified(relay, "Printer on fire")) == 2, "the first notifications")
     time.sleep(1.5)  # nothing left to send: the sender is waiting for a wake
     (first,) = senders(maild)
     os.kill(first, signal.SIGKILL)
-    wait(lambda: len(senders(maild)) == 2, "a new sender process")
+    wait_until(lambda: len(senders(maild)) == 2, "a new sender process")
     assert "exited with status -9; starting it again" in maild.log
     with smtp_client(maild.config) as s:
         s.sendmail("pat@example.com", ["support@acme.test"], message("Kettle leaks"))
     # woken at once (send_interval is an hour), through the new sender
-    assert wait(lambda: notified(relay, "Kettle leaks"), "the second notifications") == ["alice@acme.test",
+    assert wait_until(lambda: notified(relay, "Kettle leaks"), "the second notifications") == ["alice@acme.test",
                                                                                         "bob@acme.test"]
     assert maild.stop() == 0
     assert gone(senders(maild)[1]), "the sender process outlived a clean stop"
 
 
 def test_a_hangup_to_the_process_group_leaves_the_sender_alone(maild, relay):  # noqa: F811
-    (pid,) = wait(lambda: senders(maild), "the sender process to start")
+    (pid,) = wait_until(lambda: senders(maild), "the sender process to start")
     time.sleep(1.0)
     for p in (maild.proc.pid, pid):  # as a closed terminal signals its whole process group
         os.kill(p, signal.SIGHUP)
     with smtp_client(maild.config) as s:
         s.sendmail("pat@example.com", ["support@acme.test"], message("After the hangup"))
-    wait(lambda: len(notified(relay, "After the hangup")) == 2, "the notifications")
+    wait_until(lambda: len(notified(relay, "After the hangup")) == 2, "the notifications")
     assert senders(maild) == [pid] and not gone(pid)

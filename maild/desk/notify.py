@@ -15,14 +15,14 @@ import logging
 from datetime import timedelta
 from typing import NamedTuple
 
-from sqlalchemy import Row, bindparam, exists, func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from maild.config import Settings
 from maild.ingest.stages.records import Stored
 from maild.subjects import subject_tag
 from maild.models import (
-    Action, Attachment, Category, Customer, CustomerAddress, Interaction, Issue, OutboxMessage, RawMessage, Rep, utcnow,
+    Action, Category, Customer, CustomerAddress, Interaction, Issue, OutboxMessage, RawMessage, Rep, utcnow,
 )
 from maild.tokens import TokenSigner
 from maild.outbound.compose import Outgoing
@@ -57,12 +57,6 @@ def _issue_view_statement():
 
 
 _ISSUE_VIEW = _issue_view_statement()
-# What a notification says of the mail that caused it, in one read (no ORM object, no flush).
-_TRIGGER = select(
-    Interaction.message_id, Interaction.references, Interaction.from_email, Interaction.from_name,
-    Interaction.subject, Interaction.new_text, Interaction.bounce,
-    exists().where(Attachment.interaction_id == Interaction.id).label("has_files"),
-).where(Interaction.id == bindparam("id"))
 
 
 def _from_rep(stored: Stored) -> bool:
@@ -74,7 +68,7 @@ def _from_rep(stored: Stored) -> bool:
 
 
 class _Trigger(NamedTuple):
-    """The _TRIGGER columns, from the record the store stage kept (no read)."""
+    """What a notification says of the mail that caused it, from the record the store stage kept (no read)."""
 
     message_id: str | None
     references: list
@@ -86,10 +80,10 @@ class _Trigger(NamedTuple):
     has_files: bool
 
     @classmethod
-    def of(cls, stored: Stored) -> _Trigger | None:
+    def of(cls, stored: Stored) -> _Trigger:
         r = stored.record
         if r is None:
-            return None
+            raise ValueError(f"stored interaction without its record: interaction={stored.interaction_id}")
         return cls(r["message_id"], r["references"], r["from_email"], r["from_name"], r["subject"], r["new_text"],
                    r["bounce"], stored.has_files)
 
@@ -117,10 +111,7 @@ class Notifier:
         if stored.token_purpose == "unsubscribe":  # a campaign's unsubscribe address: an opt-out, nothing sent
             opt_out(session, self._unsubscribing(session, stored))
             return
-        trigger: _Trigger | Row | None = _Trigger.of(stored)
-        if trigger is None:
-            with session.no_autoflush:
-                trigger = session.execute(_TRIGGER, {"id": stored.interaction_id}).one()
+        trigger = _Trigger.of(stored)
         if trigger.bounce:
             self._mark_failing(session, trigger.bounce, stored.issue_id)
             return
@@ -130,17 +121,14 @@ class Notifier:
         with session.no_autoflush:
             self._notify(session, stored, trigger)
 
-    def _notify(self, session: Session, stored: Stored, trigger_row: _Trigger | Row) -> None:
+    def _notify(self, session: Session, stored: Stored, trigger_row: _Trigger) -> None:
         """A customer's mail: what decide says to send, queued and written in one flush at the end
         (before the batch's next mail is stored, so a conversation's records stay in order)."""
         assert stored.issue_id is not None and stored.interaction_id is not None
         wake_pending(session, stored)  # the customer answered: a pending issue is open again
-        # The reads below are Core: what earlier mail of the batch changed through the ORM (an
-        # issue closed or assigned by a rep's command, this one woken) must be written first,
-        # and for a digest of the issue, the interactions queued on it too.
-        if session.dirty or session.deleted or (not stored.new_issue and any(
-                isinstance(o, Action) and o.issue_id == stored.issue_id for o in session.new)):
-            session.flush()
+        # The reads below are Core: what earlier hooks changed through the ORM (an issue closed
+        # or assigned by a rep's command, this one woken) is written first (nothing: no cost).
+        session.flush()
         # A new issue has nothing before its first mail: no digest to read.
         issue = self._issue_view(session, stored.issue_id,
                                  before=None if stored.new_issue else stored.interaction_id)

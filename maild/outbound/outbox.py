@@ -124,7 +124,8 @@ def enqueue(
     """Queue one mail (or hold it: status "held"); mail to the customer is recorded on its issue too.
 
     The caller commits. With flush=False the rows are written with the session's
-    next flush (in one go with whatever else is waiting): the row has no id yet.
+    next flush (in one go with whatever else is waiting): the row has no id yet,
+    and auto_allowed does not count it until then.
     """
     now = now or utcnow()
     due = max(now, not_before or now)  # a throttled campaign's row: Date, first attempt and deadline from then
@@ -174,9 +175,5 @@ def auto_allowed(session: Session, policy: OutboxPolicy, address: str, now: date
     failing, sent = session.execute(_AUTO_STANDING, {"key": key, "since": now - timedelta(hours=24)}).one()
     if failing is not None and aware(failing) > now:
         return False
-    sent = sent or 0
-    # and what this transaction queued but has not flushed yet (enqueue(flush=False))
-    sent += sum(1 for o in session.new
-                if isinstance(o, OutboxMessage) and o.recipient_key == key and o.auto and o.to_customer)
-    return sent < policy.max_auto_per_recipient
+    return (sent or 0) < policy.max_auto_per_recipient
 
