@@ -26,6 +26,7 @@ from maild.outbound.sender import Sender
 from maild.outbound.templates import Templates
 from maild.probes import ProbeSigner
 from maild.tokens import TokenSigner
+from maild.writegate import WriterTurn
 
 log = logging.getLogger("maild")
 
@@ -102,6 +103,9 @@ def build_sender(settings: Settings, wake: Any = None) -> Sender:
     notifier = Notifier(settings, signer, Templates(settings.templates_dir))
     track(sessions, Turnaround(settings))  # failure notices recorded as the daemon's are
     sender = Sender(settings, sessions, hooks=notifier)
+    turn = WriterTurn.beside(db.sqlite_file(settings.database.url))
+    if turn is not None:  # the daemon's writers let this one in (no seconds of polling under a burst)
+        sender.turn = turn.asking
     if wake is not None:
         sender.wake = wake
     wake_on_queued(sessions, sender.wake.set)  # a failure notice queued here leaves at once too

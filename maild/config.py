@@ -98,7 +98,7 @@ def _check_relay(value: str) -> str:
 
 class OutboundConfig(Strict):
     relay: str = "127.0.0.1:25"  # or maildir:PATH / mbox:PATH, relative to the working directory
-    connections: int = Field(default=4, gt=0, le=64)  # relay conversations the sender holds in parallel
+    connections: int = Field(default=8, gt=0, le=64)  # relay conversations the sender holds in parallel
     starttls: bool = False
     user_env: str | None = None
     password_env: str | None = None

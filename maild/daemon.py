@@ -39,7 +39,7 @@ from maild.outbound.outbox import wake_on_queued
 from maild.outbound.sender import Sender
 from maild.scheduler import Job, Scheduler
 from maild.sendproc import SenderProcess
-from maild.writegate import WriteGate
+from maild.writegate import WriteGate, WriterTurn
 from maild.web.server import WebService, web_service
 
 log = logging.getLogger("maild.daemon")
@@ -415,7 +415,8 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
     """The daemon's composition root, on top of app.build()."""
     app = app or build(settings, workers=os.cpu_count() or 1)  # parse in worker processes
     engine = intake_engine(settings.database.url, settings.smtp.store_timeout)
-    gate = WriteGate(exclusive=engine.dialect.name == "sqlite")
+    # The sender process writes to the same SQLite file: it gets its turn (writegate.WriterTurn).
+    gate = WriteGate(exclusive=engine.dialect.name == "sqlite", turn=WriterTurn.beside(db.sqlite_file(settings.database.url)))
     intake = Intake(db.session_factory(engine), settings.smtp.max_backlog, gate)
     cfg = settings.daemon
     # Periodic jobs and long-running services: add the daemon's other parts here.

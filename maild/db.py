@@ -49,6 +49,14 @@ def in_memory(url: str) -> bool:
         u.database in (None, "", ":memory:") or u.query.get("mode") == "memory" or "mode=memory" in u.database)
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file of a SQLite database on disk; None for another backend or one in memory."""
+    if in_memory(url):
+        return None
+    u = make_url(normalise_url(url))
+    return u.database if u.get_backend_name() == "sqlite" else None
+
+
 def make_engine(url: str, lock_wait: float | None = None, write_first: bool = True) -> Engine:
     """An engine for SQLite or PostgreSQL.
 

@@ -6,10 +6,15 @@ only of the two kinds of writer that take turns.
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
 import threading
 import time
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator
+
+log = logging.getLogger("maild.daemon")
 
 
 class WriteGate:
@@ -26,8 +31,8 @@ class WriteGate:
     committed together, in one transaction, right after it.
     """
 
-    def __init__(self, exclusive: bool, patience: float = 0.05) -> None:
-        self.exclusive, self.patience = exclusive, patience
+    def __init__(self, exclusive: bool, patience: float = 0.05, turn: WriterTurn | None = None) -> None:
+        self.exclusive, self.patience, self.turn = exclusive, patience, turn
         self._cond = threading.Condition()
         self._writing = False
         self._stores = 0  # waiting or writing
@@ -40,6 +45,8 @@ class WriteGate:
                 self._cond.wait()
             self._writing = self.exclusive
         try:
+            if self.turn is not None:
+                self.turn.let_in()
             yield
         finally:
             with self._cond:
@@ -54,8 +61,55 @@ class WriteGate:
                 self._cond.wait(None if self._writing else left)
             self._writing = self.exclusive
         try:
+            if self.turn is not None:
+                self.turn.let_in()
             yield
         finally:
             with self._cond:
                 self._writing = False
                 self._cond.notify_all()
+
+
+class WriterTurn:
+    """SQLite's write lock shared fairly with a writer in another process (the sender).
+
+    SQLite has one writer at a time and a busy handler that polls: a process
+    whose writers follow each other without a gap (mail accepted, then
+    processed, then accepted) keeps the lock, and a writer in another process
+    polls in vain for seconds. Here that writer says it wants the lock by
+    holding an exclusive lock on a file beside the database for its
+    transaction (`asking`); this process's writers let it in before each of
+    their transactions (`let_in`: wait for a shared lock, release it). The
+    kernel drops a dead process's lock, so a writer killed at any moment never
+    blocks the others.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+
+    @classmethod
+    def beside(cls, database: str | None) -> WriterTurn | None:
+        """The turn of a SQLite database file; None for another backend, or when the file cannot be made."""
+        if not database:
+            return None
+        try:
+            return cls(database + "-turn")
+        except OSError as exc:  # a read-only folder: writers poll as SQLite has them
+            log.warning("no writer turn beside %s: %s", database, exc)
+            return None
+
+    @contextmanager
+    def asking(self) -> Iterator[None]:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def let_in(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_SH)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)

@@ -18,7 +18,7 @@ from fault_relay import hostile, refusal, two_senders
 
 pytestmark = pytest.mark.slow
 
-CONNECTIONS = 4  # outbound.connections: the default, which the fault configs keep
+CONNECTIONS = 8  # outbound.connections: the default, which the fault configs keep
 
 
 def test_smtp_intake_killed_at_random_every_250_is_one_interaction(db_url, tmp_path):

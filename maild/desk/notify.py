@@ -27,7 +27,7 @@ from maild.models import (
 from maild.tokens import TokenSigner
 from maild.outbound.compose import Outgoing
 from maild.outbound.decide import DecideContext, FileView, HistoryLine, IssueView, RepView, TriggerView, decide
-from maild.outbound.outbox import OutboxPolicy, auto_allowed, enqueue, record_note
+from maild.outbound.outbox import OutboxPolicy, auto_allowed, enqueue, queue_written, record_note
 from maild.bulk.optout import opt_out
 from maild.desk import attachments, casefile
 from maild.desk.repmail import RepMail
@@ -122,8 +122,8 @@ class Notifier:
             self._notify(session, stored, trigger)
 
     def _notify(self, session: Session, stored: Stored, trigger_row: _Trigger) -> None:
-        """A customer's mail: what decide says to send, queued and written in one flush at the end
-        (before the batch's next mail is stored, so a conversation's records stay in order)."""
+        """A customer's mail: what decide says to send, each written as it is queued (before the
+        batch's next mail is stored, so a conversation's records stay in order)."""
         assert stored.issue_id is not None and stored.interaction_id is not None
         wake_pending(session, stored)  # the customer answered: a pending issue is open again
         # The reads below are Core: what earlier hooks changed through the ORM (an issue closed
@@ -144,10 +144,9 @@ class Notifier:
         trigger = TriggerView(t.message_id, tuple(t.references or ()), t.from_email, t.from_name or "",
                               t.subject or "", t.new_text or "", carried, listed)
         for out in decide(stored, issue, trigger, self._context(session, issue)):
-            row = enqueue(session, out, self.policy, flush=False)  # written with the others, below
-            log.info("queued message_id=%s kind=%s issue=%s to=%s", row.message_id, out.kind, out.issue_id,
+            queued = queue_written(session, out, self.policy)  # written now: the next mail's reads see it
+            log.info("queued message_id=%s kind=%s issue=%s to=%s", queued.message_id, out.kind, out.issue_id,
                      ",".join(out.to))
-        session.flush()
 
     def _unsubscribing(self, session: Session, stored: Stored) -> int:
         """The campaign issue the unsubscribe token names: its customer is the one who asked,

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from sqlalchemy import bindparam, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,8 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild.addresses import AddressRules
 from maild.config import Settings
 from maild.timefmt import aware
-from maild.models import Action, Attachment, CustomerAddress, Interaction, Issue, OutboxMessage, utcnow
-from maild.outbound.compose import Outgoing, compose, new_message_id, thread_root
+from maild.ingest.stages.statements import Insert
+from maild.models import Action, Attachment, CustomerAddress, Interaction, Issue, OutboxMessage, table_of, utcnow
+from maild.outbound.compose import OutAttachment, Outgoing, compose, new_message_id, thread_root
 
 # Every status an outbox row can have: queued until a sender leases it, sending
 # while leased, then sent, failed, held (spell check) or unknown (delivery
@@ -66,14 +68,12 @@ _AUTO_STANDING = select(
 )
 
 
-def _interaction(
-    session: Session, out: Outgoing, message_id: str | None, from_addr: str, from_name: str, channel: str = "email",
-    flush: bool = True,
-) -> Interaction:
+def _interaction_fields(session: Session, out: Outgoing, message_id: str | None, from_addr: str, from_name: str,
+                        channel: str, now: datetime) -> dict:
     customer_id = out.customer_id
     if customer_id is None and out.to_customer and out.issue_id:
         customer_id = session.scalar(_ISSUE_CUSTOMER, {"issue_id": out.issue_id})
-    interaction = Interaction(
+    return dict(
         direction="outbound" if out.to_customer else "internal",
         channel=channel,
         mailbox=out.mailbox,
@@ -84,7 +84,7 @@ def _interaction(
         to=list(out.to),
         cc=list(out.cc),
         subject=out.subject,
-        date=utcnow(),
+        date=now,
         message_id=message_id,
         in_reply_to=out.in_reply_to,
         references=list(out.references[-50:]),
@@ -94,13 +94,23 @@ def _interaction(
         auto_generated=out.auto,
         thread_reason="outbound",
     )
+
+
+def _attachment_fields(a: OutAttachment) -> dict:
+    return dict(sha256=a.sha256, filename=a.filename[:255], content_type=a.content_type[:255],
+                content_id=a.content_id, inline=a.inline, size=len(a.data))
+
+
+def _interaction(
+    session: Session, out: Outgoing, message_id: str | None, from_addr: str, from_name: str, channel: str = "email",
+    flush: bool = True,
+) -> Interaction:
+    interaction = Interaction(**_interaction_fields(session, out, message_id, from_addr, from_name, channel, utcnow()))
     session.add(interaction)
     if out.issue_id:
         session.add(Action(issue_id=out.issue_id, interaction=interaction))
     for a in out.attachments:  # the blobs are stored already: the files came in with a stored mail
-        interaction.attachments.append(Attachment(
-            sha256=a.sha256, filename=a.filename[:255], content_type=a.content_type[:255],
-            content_id=a.content_id, inline=a.inline, size=len(a.data)))
+        interaction.attachments.append(Attachment(**_attachment_fields(a)))
     if flush:
         session.flush()
     return interaction
@@ -117,6 +127,31 @@ def _threaded_notice(out: Outgoing, domain: str) -> Outgoing:
     return replace(out, in_reply_to=out.in_reply_to or root, references=tuple(refs))
 
 
+class _Prepared(NamedTuple):
+    out: Outgoing  # threaded
+    message_id: str
+    from_addr: str
+    display: str
+    row: dict  # the outbox row's columns but its interaction
+
+
+def _prepare(out: Outgoing, policy: OutboxPolicy, now: datetime, status: str, not_before: datetime | None) -> _Prepared:
+    """Message-ID, bytes and the outbox row of one mail."""
+    due = max(now, not_before or now)  # a throttled campaign's row: Date, first attempt and deadline from then
+    from_addr, display = policy.mailboxes[out.mailbox]
+    message_id = new_message_id(policy.message_id_domain)
+    out = _threaded_notice(out, policy.message_id_domain)
+    data = compose(out, from_addr, display, message_id, due, policy.message_id_domain)
+    row = dict(
+        kind=out.kind, mailbox=out.mailbox, issue_id=out.issue_id, subject=out.subject,
+        rep_id=out.rep_id, envelope_from=from_addr, recipients=[*out.to, *out.cc],
+        recipient_key=policy.rules.key(out.to[0]), message_id=message_id, data=data, auto=out.auto,
+        to_customer=out.to_customer, status=status, attempts=0, next_attempt_at=due,
+        deadline_at=due + policy.deadline, created_at=now,
+    )
+    return _Prepared(out, message_id, from_addr, display, row)
+
+
 def enqueue(
     session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime | None = None, status: str = "queued",
     not_before: datetime | None = None, flush: bool = True,
@@ -127,25 +162,57 @@ def enqueue(
     next flush (in one go with whatever else is waiting): the row has no id yet,
     and auto_allowed does not count it until then.
     """
-    now = now or utcnow()
-    due = max(now, not_before or now)  # a throttled campaign's row: Date, first attempt and deadline from then
-    from_addr, display = policy.mailboxes[out.mailbox]
-    message_id = new_message_id(policy.message_id_domain)
-    out = _threaded_notice(out, policy.message_id_domain)
-    data = compose(out, from_addr, display, message_id, due, policy.message_id_domain)
-    interaction = _interaction(session, out, message_id, from_addr, display, flush=False) if out.to_customer else None
-    row = OutboxMessage(
-        kind=out.kind, mailbox=out.mailbox, issue_id=out.issue_id, interaction=interaction, subject=out.subject,
-        rep_id=out.rep_id, envelope_from=from_addr, recipients=[*out.to, *out.cc],
-        recipient_key=policy.rules.key(out.to[0]), message_id=message_id, data=data, auto=out.auto,
-        to_customer=out.to_customer, status=status, attempts=0, next_attempt_at=due,
-        deadline_at=due + policy.deadline, created_at=now,
-    )
+    p = _prepare(out, policy, now or utcnow(), status, not_before)
+    interaction = (_interaction(session, p.out, p.message_id, p.from_addr, p.display, flush=False)
+                   if p.out.to_customer else None)
+    row = OutboxMessage(**p.row, interaction=interaction)
     session.add(row)
     if flush:
         session.flush()
     session.info["outbox_queued"] = True  # see wake_on_queued
     return row
+
+
+_NEW_INTERACTION = Insert(table_of(Interaction))
+_NEW_ACTION = Insert(table_of(Action))
+_NEW_ATTACHMENT = Insert(table_of(Attachment))
+_NEW_OUTBOX = Insert(table_of(OutboxMessage))
+
+
+def queue_written(session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime | None = None) -> Queued:
+    """Queue one automatic mail as enqueue does, written at once as plain SQL (no unit of work).
+
+    For the notifier's acknowledgements and notifications, a few per customer
+    mail under a burst: the rows are in the transaction when this returns, in
+    the order mail was queued, and auto_allowed counts them. Not for a rep's
+    reply (the first-response hook watches those go through the ORM) nor for
+    anything the caller changes afterwards through the ORM.
+    """
+    now = now or utcnow()
+    p = _prepare(out, policy, now, "queued", None)
+    conn = session.connection()
+    interaction_id = None
+    if p.out.to_customer:
+        fields = _interaction_fields(session, p.out, p.message_id, p.from_addr, p.display, "email", now)
+        interaction_id = _NEW_INTERACTION.one(conn, {
+            **fields, "html": None, "bounce": None, "mailing_list": None, "defects": [], "raw_message_id": None,
+            "created_at": now,
+        })
+        if p.out.issue_id:
+            _NEW_ACTION.one(conn, {"issue_id": p.out.issue_id, "interaction_id": interaction_id, "created_at": now})
+        _NEW_ATTACHMENT.many(conn, [{**_attachment_fields(a), "interaction_id": interaction_id}
+                                    for a in p.out.attachments])
+    outbox_id = _NEW_OUTBOX.one(conn, {**p.row, "interaction_id": interaction_id, "resends": 0})
+    session.info["outbox_queued"] = True  # see wake_on_queued
+    return Queued(outbox_id, p.message_id, interaction_id)
+
+
+class Queued(NamedTuple):
+    """A mail queued by queue_written: its outbox row, Message-ID and recorded interaction."""
+
+    id: int
+    message_id: str
+    interaction_id: int | None
 
 
 def wake_on_queued(sessions: sessionmaker[Session], wake: Callable[[], None]) -> None:

@@ -25,6 +25,8 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -154,6 +156,9 @@ class Sender:
         self.batch = o.connections
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.wake: Flag = threading.Event()  # set when mail was queued: send now rather than at the next interval
+        # Held around each of this sender's transactions: how it gets its turn at SQLite's write lock
+        # when it runs beside the daemon's writers (writegate.WriterTurn); nothing otherwise.
+        self.turn: Callable[[], AbstractContextManager[object]] = nullcontext
         self._next_stale_check = 0.0
 
     # -- the daemon's service ---------------------------------------------------------------
@@ -198,7 +203,7 @@ class Sender:
                 want = self.batch - len(in_hand) if not draining else 0
                 renew = time.monotonic() - last_renew >= renew_every and bool(in_hand)
                 if finished or want or renew:
-                    with self.sessions() as session, session.begin():
+                    with self.turn(), self.sessions() as session, session.begin():
                         counts.update(self._settle(session, clock(), finished))
                         if renew:
                             self._renew(session, clock(), in_hand)
