@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from collections.abc import Callable, Iterator
 
 log = logging.getLogger("maild.daemon")
@@ -45,9 +45,8 @@ class WriteGate:
                 self._cond.wait()
             self._writing = self.exclusive
         try:
-            if self.turn is not None:
-                self.turn.let_in()
-            yield
+            with self.turn.writing() if self.turn is not None else nullcontext():
+                yield
         finally:
             with self._cond:
                 self._stores, self._writing = self._stores - 1, False
@@ -61,9 +60,8 @@ class WriteGate:
                 self._cond.wait(None if self._writing else left)
             self._writing = self.exclusive
         try:
-            if self.turn is not None:
-                self.turn.let_in()
-            yield
+            with self.turn.writing() if self.turn is not None else nullcontext():
+                yield
         finally:
             with self._cond:
                 self._writing = False
@@ -76,40 +74,61 @@ class WriterTurn:
     SQLite has one writer at a time and a busy handler that polls: a process
     whose writers follow each other without a gap (mail accepted, then
     processed, then accepted) keeps the lock, and a writer in another process
-    polls in vain for seconds. Here that writer says it wants the lock by
-    holding an exclusive lock on a file beside the database for its
-    transaction (`asking`); this process's writers let it in before each of
-    their transactions (`let_in`: wait for a shared lock, release it). The
-    kernel drops a dead process's lock, so a writer killed at any moment never
-    blocks the others.
+    polls in vain for seconds. Two lock files beside the database fix that.
+    The other writer asks for its turn with an exclusive lock on `-turn`, so
+    this process starts no new transaction, then waits with an exclusive lock
+    on `-writing` for the transaction in hand here (held shared for its
+    length) to end: the kernel wakes it the moment it does, with no polling
+    and no gap. This process's writers (`writing`) wait while another asks,
+    then hold `-writing` shared. Only one of them writes at a time (the write
+    gate), so one descriptor each does. The kernel drops a dead process's
+    locks, so a writer killed at any moment never blocks the others.
     """
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self._turn = os.open(database + "-turn", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            self._writing = os.open(database + "-writing", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        except OSError:
+            os.close(self._turn)
+            raise
 
     @classmethod
     def beside(cls, database: str | None) -> WriterTurn | None:
-        """The turn of a SQLite database file; None for another backend, or when the file cannot be made."""
+        """The turn of a SQLite database file; None for another backend, or when the files cannot be made."""
         if not database:
             return None
         try:
-            return cls(database + "-turn")
+            return cls(database)
         except OSError as exc:  # a read-only folder: writers poll as SQLite has them
             log.warning("no writer turn beside %s: %s", database, exc)
             return None
 
     @contextmanager
     def asking(self) -> Iterator[None]:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        """The other process's transaction: this process's writers wait until it ends."""
+        fcntl.flock(self._turn, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._writing, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._writing, fcntl.LOCK_UN)
+        finally:
+            fcntl.flock(self._turn, fcntl.LOCK_UN)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """One of this process's transactions: after the other's, if it asked."""
+        fcntl.flock(self._turn, fcntl.LOCK_SH)
+        fcntl.flock(self._turn, fcntl.LOCK_UN)
+        fcntl.flock(self._writing, fcntl.LOCK_SH)
         try:
             yield
         finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def let_in(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_SH)
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(self._writing, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        os.close(self._fd)
+        os.close(self._turn)
+        os.close(self._writing)

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import threading
 import time
+from contextlib import nullcontext
 
 import pytest
 
@@ -31,14 +32,9 @@ def _other_writer(path: str, commits: int, use_turn: bool, result) -> None:
     """Commit `commits` times, each allowed half a second of waiting for the lock; how many made it."""
     conn, turn, done = _connect(path, 500), WriterTurn.beside(path), 0
     assert turn is not None
-    for i in range(commits):
+    for _ in range(commits):
         try:
-            if use_turn:
-                with turn.asking():
-                    conn.execute("BEGIN IMMEDIATE")
-                    conn.execute("INSERT INTO t (who) VALUES ('other')")
-                    conn.execute("COMMIT")
-            else:
+            with turn.asking() if use_turn else nullcontext():
                 conn.execute("BEGIN IMMEDIATE")
                 conn.execute("INSERT INTO t (who) VALUES ('other')")
                 conn.execute("COMMIT")
@@ -112,14 +108,46 @@ def test_a_writer_killed_while_asking_holds_nobody_up(tmp_path):
     assert ready.wait(60)
     turn = WriterTurn.beside(path)
     assert turn is not None
-    let_in = threading.Thread(target=turn.let_in)
-    let_in.start()
-    let_in.join(0.5)
-    assert let_in.is_alive()  # it waits while the other writer asks...
+
+    def write() -> None:
+        with turn.writing():
+            pass
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive()  # it waits while the other writer has its turn...
     os.kill(other.pid, signal.SIGKILL)
     other.join(60)
-    let_in.join(10)
-    assert not let_in.is_alive()  # ...and the kernel drops a dead process's lock
+    writer.join(10)
+    assert not writer.is_alive()  # ...and the kernel drops a dead process's locks
+
+
+def _ask_and_note(path: str, asked, out) -> None:
+    turn = WriterTurn.beside(path)
+    assert turn is not None
+    asked.set()
+    with turn.asking():
+        out.value = time.monotonic()
+
+
+def test_the_other_writer_waits_for_the_transaction_in_hand(tmp_path):
+    """It asks while this process is mid-transaction: it goes when that ends, not before, and
+    this process's next transaction goes after it."""
+    path = str(tmp_path / "maild.db")
+    turn = WriterTurn.beside(path)
+    assert turn is not None
+    ctx = multiprocessing.get_context("spawn")
+    asked, went = ctx.Event(), ctx.Value("d", 0.0)
+    other = ctx.Process(target=_ask_and_note, args=(path, asked, went))
+    with turn.writing():
+        other.start()
+        assert asked.wait(60)
+        time.sleep(0.5)
+        assert went.value == 0.0  # still in hand here
+        ended = time.monotonic()
+    other.join(60)
+    assert went.value >= ended
 
 
 def test_no_turn_without_a_database_file(tmp_path):
