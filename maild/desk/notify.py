@@ -16,13 +16,14 @@ from datetime import timedelta
 from typing import NamedTuple
 
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.orm import Session, aliased, selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from maild.config import Settings
 from maild.ingest.stages.records import Stored
 from maild.subjects import subject_tag
 from maild.models import (
-    Action, Category, Customer, CustomerAddress, Interaction, Issue, OutboxMessage, RawMessage, Rep, utcnow,
+    Action, Category, Customer, CustomerAddress, Interaction, Issue, OutboxMessage, RawMessage, Rep, table_of,
+    utcnow,
 )
 from maild.tokens import TokenSigner
 from maild.outbound.compose import Outgoing
@@ -40,19 +41,24 @@ HISTORY = 3  # earlier interactions digested in a notification
 
 
 def _issue_view_statement():
-    """The issue at a glance in one read, built once: category, customer, first address, assignee, open issues."""
-    first_address = (select(CustomerAddress.email).where(CustomerAddress.customer_id == Issue.customer_id)
-                     .order_by(CustomerAddress.id).limit(1).scalar_subquery())
-    others = aliased(Issue)
-    open_issues = (select(func.count(others.id))
-                   .where(others.customer_id == Issue.customer_id, others.status != "closed").scalar_subquery())
+    """The issue at a glance in one read, built once: category, customer, first address, assignee, open issues.
+
+    Plain tables, not the mapped classes: the session runs it without the ORM's per-query set-up
+    (it is read for every customer mail)."""
+    issue, category, customer, rep = table_of(Issue), table_of(Category), table_of(Customer), table_of(Rep)
+    addresses = table_of(CustomerAddress)
+    first_address = (select(addresses.c.email).where(addresses.c.customer_id == issue.c.customer_id)
+                     .order_by(addresses.c.id).limit(1).scalar_subquery())
+    others = issue.alias("others")
+    open_issues = (select(func.count(others.c.id))
+                   .where(others.c.customer_id == issue.c.customer_id, others.c.status != "closed").scalar_subquery())
     return (
-        select(Issue.id, Issue.subject, Issue.status, Issue.mailbox, Category.name, Issue.assignee_id,
-               first_address, Customer.name, Issue.priority, Rep.name, open_issues, Issue.customer_id)
-        .join(Category, Category.id == Issue.category_id)
-        .outerjoin(Customer, Customer.id == Issue.customer_id)
-        .outerjoin(Rep, Rep.id == Issue.assignee_id)
-        .where(Issue.id == bindparam("issue_id"))
+        select(issue.c.id, issue.c.subject, issue.c.status, issue.c.mailbox, category.c.name, issue.c.assignee_id,
+               first_address, customer.c.name, issue.c.priority, rep.c.name, open_issues, issue.c.customer_id)
+        .join(category, category.c.id == issue.c.category_id)
+        .outerjoin(customer, customer.c.id == issue.c.customer_id)
+        .outerjoin(rep, rep.c.id == issue.c.assignee_id)
+        .where(issue.c.id == bindparam("issue_id"))
     )
 
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from collections.abc import Callable, Iterable, Sequence
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -87,15 +87,17 @@ def _row(item: Incoming, key: str) -> dict:
     }
 
 
+_EXISTING = select(_RAW.c.dedupe_key, _RAW.c.id, _RAW.c.mailbox, _RAW.c.source).where(
+    _RAW.c.dedupe_key.in_(bindparam("keys", expanding=True)))  # built once: it runs for every store
+_INSERT_RAW = insert(_RAW).returning(_RAW.c.id, sort_by_parameter_order=True)
+
+
 def _existing(session: Session, keys: Sequence[str]) -> dict[str, tuple[int, str, str]]:
     """Stored messages by dedupe key: (raw id, mailbox, source)."""
-    t = _RAW
     found: dict[str, tuple[int, str, str]] = {}
     unique = list(dict.fromkeys(keys))
     for i in range(0, len(unique), 400):
-        rows = session.execute(
-            select(t.c.dedupe_key, t.c.id, t.c.mailbox, t.c.source).where(t.c.dedupe_key.in_(unique[i : i + 400]))
-        )
+        rows = session.execute(_EXISTING, {"keys": unique[i : i + 400]})
         found.update({key: (rid, mb, src) for key, rid, mb, src in rows})
     return found
 
@@ -114,7 +116,6 @@ def _record_copies(session: Session, copies: list[dict]) -> None:
 
 def _accept_once(sessions: sessionmaker[Session], items: list[Incoming], keys: list[str],
                  also: Callable[[Session], None] | None) -> list[Accepted]:
-    table = _RAW
     with sessions() as session, session.begin():
         found = _existing(session, keys)
         known = {key: stored[0] for key, stored in found.items()}
@@ -123,9 +124,7 @@ def _accept_once(sessions: sessionmaker[Session], items: list[Incoming], keys: l
             if key not in known:
                 fresh.setdefault(key, _row(item, key))
         if fresh:
-            ids = session.execute(
-                insert(table).returning(table.c.id, sort_by_parameter_order=True), list(fresh.values())
-            ).scalars().all()
+            ids = session.execute(_INSERT_RAW, list(fresh.values())).scalars().all()
             known.update(zip(fresh, ids))
         # The first of several copies in one batch is the new one; the rest are duplicates.
         out: list[Accepted] = []

@@ -56,14 +56,15 @@ class OutboxPolicy:
 
 
 _ISSUE_CUSTOMER = select(Issue.customer_id).where(Issue.id == bindparam("issue_id"))
-# An address's failing mark and its day's automatic mail, in one read.
+# An address's failing mark and its day's automatic mail, in one read (plain tables: no ORM set-up per query).
+_addresses, _outbox = table_of(CustomerAddress), table_of(OutboxMessage)
 _AUTO_STANDING = select(
-    select(CustomerAddress.failing_until).where(CustomerAddress.key == bindparam("key")).scalar_subquery(),
-    select(func.count(OutboxMessage.id)).where(
-        OutboxMessage.recipient_key == bindparam("key"),
-        OutboxMessage.auto.is_(True),
-        OutboxMessage.to_customer.is_(True),
-        OutboxMessage.created_at > bindparam("since"),
+    select(_addresses.c.failing_until).where(_addresses.c.key == bindparam("key")).scalar_subquery(),
+    select(func.count(_outbox.c.id)).where(
+        _outbox.c.recipient_key == bindparam("key"),
+        _outbox.c.auto.is_(True),
+        _outbox.c.to_customer.is_(True),
+        _outbox.c.created_at > bindparam("since"),
     ).scalar_subquery(),
 )
 
