@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild.addresses import AddressRules
 from maild.config import Settings
 from maild.timefmt import aware
-from maild.ingest.stages.statements import Insert
+from maild.statements import Insert
 from maild.models import Action, Attachment, CustomerAddress, Interaction, Issue, OutboxMessage, table_of, utcnow
 from maild.outbound.compose import OutAttachment, Outgoing, compose, new_message_id, thread_root
 

@@ -20,7 +20,7 @@ from maild.addresses import AddressRules
 from maild.models import Action, Attachment, Blob, Customer, CustomerAddress, Interaction, Issue, RawMessage, table_of, utcnow
 from maild.timefmt import aware
 from maild.ingest.stages.lookup import DbLookup
-from maild.ingest.stages.statements import Insert
+from maild.statements import Insert
 from maild.ingest.stages.records import Stored, Classification, CustomerMatch, ParsedMessage, ThreadDecision
 
 # Built once: statements are the hot path's main cost, and a prebuilt one

@@ -1,12 +1,12 @@
-"""The store stage's inserts, compiled once per dialect and run as the driver's own SQL.
+"""Hot-path inserts, compiled once per dialect and run as the driver's own SQL.
 
 A Core insert costs more per call in SQLAlchemy (cache key, parameter
-processing, result set-up) than in SQLite itself, and the store stage runs a
-few per message. Here each insert is compiled once per dialect and column set;
-a call applies the columns' own bind processors (the same JSON and date
-formats as Core) and runs the SQL through `exec_driver_sql`, which keeps
-SQLAlchemy's error translation and connection handling. Nothing here decides
-what is written.
+processing, result set-up) than in SQLite itself, and the store stage and the
+notifier run a few per message. Here each insert is compiled once per dialect
+and column set; a call applies the columns' own bind processors (the same JSON
+and date formats as Core) and runs the SQL through `exec_driver_sql`, which
+keeps SQLAlchemy's error translation and connection handling. Nothing here
+decides what is written.
 """
 
 from __future__ import annotations
