@@ -12,7 +12,7 @@ when its interaction is recorded.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from sqlalchemy import bindparam, func, select, update
@@ -28,7 +28,9 @@ from maild.models import (
 from maild.tokens import TokenSigner
 from maild.outbound.compose import Outgoing
 from maild.outbound.decide import DecideContext, FileView, HistoryLine, IssueView, RepView, TriggerView, decide
-from maild.outbound.outbox import OutboxPolicy, auto_allowed, enqueue, queue_written, record_note
+from maild.outbound.outbox import (
+    STANDING_COLUMNS, OutboxPolicy, allowed_by, auto_allowed, enqueue, queue_written, record_note, standing_params,
+)
 from maild.bulk.optout import opt_out
 from maild.desk import attachments, casefile
 from maild.desk.repmail import RepMail
@@ -41,7 +43,8 @@ HISTORY = 3  # earlier interactions digested in a notification
 
 
 def _issue_view_statement():
-    """The issue at a glance in one read, built once: category, customer, first address, assignee, open issues.
+    """The issue at a glance in one read, built once: category, customer, first address, assignee, open issues,
+    and the standing of the address an acknowledgement would go to (outbox.STANDING_COLUMNS).
 
     Plain tables, not the mapped classes: the session runs it without the ORM's per-query set-up
     (it is read for every customer mail)."""
@@ -54,7 +57,8 @@ def _issue_view_statement():
                    .where(others.c.customer_id == issue.c.customer_id, others.c.status != "closed").scalar_subquery())
     return (
         select(issue.c.id, issue.c.subject, issue.c.status, issue.c.mailbox, category.c.name, issue.c.assignee_id,
-               first_address, customer.c.name, issue.c.priority, rep.c.name, open_issues, issue.c.customer_id)
+               first_address, customer.c.name, issue.c.priority, rep.c.name, open_issues, issue.c.customer_id,
+               *STANDING_COLUMNS)
         .join(category, category.c.id == issue.c.category_id)
         .outerjoin(customer, customer.c.id == issue.c.customer_id)
         .outerjoin(rep, rep.c.id == issue.c.assignee_id)
@@ -92,6 +96,13 @@ class _Trigger(NamedTuple):
             raise ValueError(f"stored interaction without its record: interaction={stored.interaction_id}")
         return cls(r["message_id"], r["references"], r["from_email"], r["from_name"], r["subject"], r["new_text"],
                    r["bounce"], stored.has_files)
+
+
+class _Standing(NamedTuple):
+    """Whether automatic mail to one address (by its key) was allowed when the issue was read."""
+
+    key: str | None
+    allowed: bool
 
 
 class Notifier:
@@ -135,9 +146,11 @@ class Notifier:
         # The reads below are Core: what earlier hooks changed through the ORM (an issue closed
         # or assigned by a rep's command, this one woken) is written first (nothing: no cost).
         session.flush()
-        # A new issue has nothing before its first mail: no digest to read.
-        issue = self._issue_view(session, stored.issue_id,
-                                 before=None if stored.new_issue else stored.interaction_id)
+        # A new issue has nothing before its first mail: no digest to read. The sender's
+        # standing (for an acknowledgement) comes with the issue, in the same read.
+        now = utcnow()
+        issue, standing = self._issue_view_standing(session, stored.issue_id, trigger_row.from_email or "", now,
+                                                    before=None if stored.new_issue else stored.interaction_id)
         carried: tuple = ()
         listed: tuple[FileView, ...] = ()
         if trigger_row.has_files and self._may_notify(stored):
@@ -149,7 +162,7 @@ class Notifier:
         t = trigger_row
         trigger = TriggerView(t.message_id, tuple(t.references or ()), t.from_email, t.from_name or "",
                               t.subject or "", t.new_text or "", carried, listed)
-        for out in decide(stored, issue, trigger, self._context(session, issue)):
+        for out in decide(stored, issue, trigger, self._context(session, issue, standing)):
             queued = queue_written(session, out, self.policy)  # written now: the next mail's reads see it
             log.info("queued message_id=%s kind=%s issue=%s to=%s", queued.message_id, out.kind, out.issue_id,
                      ",".join(out.to))
@@ -173,12 +186,19 @@ class Notifier:
 
     def _issue_view(self, session: Session, issue_id: int, before: int | None = None) -> IssueView:
         """The issue at a glance, in one read; with `before`, the digest of the interactions before that one."""
-        row = session.execute(_ISSUE_VIEW, {"issue_id": issue_id}).one()
-        return IssueView(
+        return self._issue_view_standing(session, issue_id, "", utcnow(), before)[0]
+
+    def _issue_view_standing(self, session: Session, issue_id: int, address: str, now: datetime,
+                             before: int | None = None) -> tuple[IssueView, _Standing]:
+        """_issue_view, and whether automatic mail to `address` is allowed now, in the same read."""
+        row = session.execute(_ISSUE_VIEW, {"issue_id": issue_id, **standing_params(self.policy, address, now)}).one()
+        issue = IssueView(
             row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7] or "", priority=row[8],
             assignee_name=row[9] or "", customer_open_issues=row[10] or 0, customer_id=row[11],
             history=self._history(session, issue_id, before) if before is not None else (),
         )
+        key = self.policy.rules.key(address) if address else None
+        return issue, _Standing(key, allowed_by(self.policy, row[12], row[13], now))
 
     def _history(self, session: Session, issue_id: int, before: int) -> tuple[HistoryLine, ...]:
         """The last interactions of the correspondence before `before`, oldest first, one line each."""
@@ -212,10 +232,16 @@ class Notifier:
             }
         return reps
 
-    def _context(self, session: Session, issue: IssueView) -> DecideContext:
+    def _context(self, session: Session, issue: IssueView, standing: _Standing) -> DecideContext:
         mailbox = self.settings.mailbox_named(issue.mailbox)
         reps, assignee = self.rep_views(session, issue)
         signer = self.signer
+
+        def allowed(address: str) -> bool:
+            if standing.key is not None and self.policy.rules.key(address) == standing.key:
+                return standing.allowed  # read with the issue; nothing was queued to it since
+            return auto_allowed(session, self.policy, address)
+
         return DecideContext(
             templates=self.templates,
             tag=lambda n: subject_tag(self.settings.threading.tag_prefix, n),
@@ -225,7 +251,7 @@ class Notifier:
             reps=reps,
             assignee=assignee,
             reply_address=(lambda i, r, p: signer.address(mailbox.address, i, r, p)) if signer else None,
-            auto_allowed=lambda addr: auto_allowed(session, self.policy, addr),
+            auto_allowed=allowed,
             desk_address=lambda rep_id: casefile.desk_address(self.settings, signer, rep_id),
         )
 

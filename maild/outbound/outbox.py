@@ -56,9 +56,10 @@ class OutboxPolicy:
 
 
 _ISSUE_CUSTOMER = select(Issue.customer_id).where(Issue.id == bindparam("issue_id"))
-# An address's failing mark and its day's automatic mail, in one read (plain tables: no ORM set-up per query).
+# An address's failing mark and its day's automatic mail (plain tables: no ORM set-up per
+# query), for one read of their own or as two more columns of another read.
 _addresses, _outbox = table_of(CustomerAddress), table_of(OutboxMessage)
-_AUTO_STANDING = select(
+STANDING_COLUMNS = (
     select(_addresses.c.failing_until).where(_addresses.c.key == bindparam("key")).scalar_subquery(),
     select(func.count(_outbox.c.id)).where(
         _outbox.c.recipient_key == bindparam("key"),
@@ -67,6 +68,7 @@ _AUTO_STANDING = select(
         _outbox.c.created_at > bindparam("since"),
     ).scalar_subquery(),
 )
+_AUTO_STANDING = select(*STANDING_COLUMNS)
 
 
 def _interaction_fields(session: Session, out: Outgoing, message_id: str | None, from_addr: str, from_name: str,
@@ -236,12 +238,20 @@ def record_note(session: Session, note: Outgoing, policy: OutboxPolicy) -> Inter
     return _interaction(session, note, None, from_addr, display, channel="note")
 
 
-def auto_allowed(session: Session, policy: OutboxPolicy, address: str, now: datetime | None = None) -> bool:
-    """False when the address bounced recently or had its day's automatic mail already."""
-    now = now or utcnow()
-    key = policy.rules.key(address)
-    failing, sent = session.execute(_AUTO_STANDING, {"key": key, "since": now - timedelta(hours=24)}).one()
+def standing_params(policy: OutboxPolicy, address: str, now: datetime) -> dict:
+    """The parameters of STANDING_COLUMNS for mail to `address` at `now`."""
+    return {"key": policy.rules.key(address), "since": now - timedelta(hours=24)}
+
+
+def allowed_by(policy: OutboxPolicy, failing: datetime | None, sent: int | None, now: datetime) -> bool:
+    """The rule, from what STANDING_COLUMNS read: not failing, and under the day's automatic mail."""
     if failing is not None and aware(failing) > now:
         return False
     return (sent or 0) < policy.max_auto_per_recipient
 
+
+def auto_allowed(session: Session, policy: OutboxPolicy, address: str, now: datetime | None = None) -> bool:
+    """False when the address bounced recently or had its day's automatic mail already."""
+    now = now or utcnow()
+    failing, sent = session.execute(_AUTO_STANDING, standing_params(policy, address, now)).one()
+    return allowed_by(policy, failing, sent, now)
