@@ -173,7 +173,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="rows queued (default 2000)")
     ap.add_argument("--repeat", type=int, default=3, help="runs; medians are reported")
-    ap.add_argument("--connections", type=int, default=4, help="outbound.connections (default 4)")
+    ap.add_argument("--connections", type=int, default=8, help="outbound.connections (default 8, as the config)")
     ap.add_argument("--db", help="PostgreSQL URL (default: a SQLite file)")
     ap.add_argument("--serve-sink", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--ready", type=Path, help=argparse.SUPPRESS)
