@@ -6,7 +6,7 @@ message, no database) sending the same bytes to the same sink in the same
 run. The sink is a bare aiosmtpd server in its own process that only counts.
 Prints per-repeat figures and medians, and the ratio maild / bare loop.
 
-    python bench/outbox_send.py [--n 2000] [--repeat 3] [--connections 4] [--db URL]
+    python bench/outbox_send.py [--n 2000] [--repeat 3] [--connections 8] [--db URL]
 
 Without --db, a fresh SQLite file per repeat; with a PostgreSQL URL, a fresh
 schema per repeat (dropped afterwards).
