@@ -45,12 +45,15 @@ class App:
     reminders: Reminders
     selftest: Selftest
     readers: Engine | None = None  # SQLite: reads that never take the write lock
+    turn: WriterTurn | None = None  # SQLite file: the sender's turn at the write lock beside a daemon
 
     def close(self) -> None:
         self.pipeline.close()
         self.engine.dispose()
         if self.readers is not None:
             self.readers.dispose()
+        if self.turn is not None:
+            self.turn.close()
 
 
 def make_signer(settings: Settings, required: bool = False) -> TokenSigner | None:
@@ -83,12 +86,13 @@ def build(settings: Settings, *, secret_required: bool = False, workers: int = 1
     pipeline = Pipeline(settings, sessions, signer, hooks=[notifier, record_return], workers=workers, probes=probes,
                         readers=db.session_factory(readers) if readers is not None else None)
     sender = Sender(settings, sessions, hooks=notifier)
+    turn = _take_turns(sender, settings)  # `maild outbox send` beside a daemon gets its turn too
     turnaround = Turnaround(settings)
     track(sessions, turnaround)  # first responses, pauses and resolutions, as every session flushes
     reminders = Reminders(settings, sessions, signer, templates, turnaround)
     selftest = Selftest(settings, sessions, probes, templates)
     return App(settings, engine, sessions, signer, pipeline, templates, notifier, sender, turnaround, reminders,
-               selftest, readers)
+               selftest, readers, turn)
 
 
 def build_sender(settings: Settings, wake: Any = None) -> Sender:
@@ -103,10 +107,17 @@ def build_sender(settings: Settings, wake: Any = None) -> Sender:
     notifier = Notifier(settings, signer, Templates(settings.templates_dir))
     track(sessions, Turnaround(settings))  # failure notices recorded as the daemon's are
     sender = Sender(settings, sessions, hooks=notifier)
-    turn = WriterTurn.beside(db.sqlite_file(settings.database.url))
-    if turn is not None:  # the daemon's writers let this one in (no seconds of polling under a burst)
-        sender.turn = turn.asking
+    _take_turns(sender, settings)
     if wake is not None:
         sender.wake = wake
     wake_on_queued(sessions, sender.wake.set)  # a failure notice queued here leaves at once too
     return sender
+
+
+def _take_turns(sender: Sender, settings: Settings) -> WriterTurn | None:
+    """On a SQLite file, the sender asks for its turn at the write lock and a daemon's writers
+    let it in (writegate.WriterTurn): no seconds of polling while they write under a burst."""
+    turn = WriterTurn.beside(db.sqlite_file(settings.database.url))
+    if turn is not None:
+        sender.turn = turn.asking
+    return turn

@@ -197,7 +197,8 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
     app = app or build(settings, workers=os.cpu_count() or 1)  # parse in worker processes
     engine = intake_engine(settings.database.url, settings.smtp.store_timeout)
     # The sender process writes to the same SQLite file: it gets its turn (writegate.WriterTurn).
-    gate = WriteGate(exclusive=engine.dialect.name == "sqlite", turn=WriterTurn.beside(db.sqlite_file(settings.database.url)))
+    turn = WriterTurn.beside(db.sqlite_file(settings.database.url))
+    gate = WriteGate(exclusive=engine.dialect.name == "sqlite", turn=turn)
     intake = Intake(db.session_factory(engine), settings.smtp.max_backlog, gate)
     cfg = settings.daemon
     # Periodic jobs and long-running services: add the daemon's other parts here.
@@ -233,6 +234,7 @@ def build_daemon(settings: Settings, on_hup: Callable[[], None] | None = None, a
         *imap_services(app, on_stored=intake.arrived),
     ]
     daemon = Daemon(settings, intake, smtp.listeners(settings, intake), jobs, services, on_hup,
-                    closers=[app.close, engine.dispose], banner=start_banner(settings, app.signer is not None))
+                    closers=[app.close, engine.dispose, *([turn.close] if turn is not None else [])],
+                    banner=start_banner(settings, app.signer is not None))
     daemon.web = web_service(settings, app.sessions, app.signer, daemon.listening, lambda: dict(daemon.sessions_opened))
     return daemon

@@ -9,8 +9,11 @@ nothing about exactly-once changes: the child is one more sender.
 The child is started with `spawn` (the daemon has threads; forking it is
 unsafe) and builds only what sending needs. The daemon talks to it through a
 pipe, written without ever blocking: a byte "w" wakes it (a commit queued
-mail), "s" or the pipe's end stops it. No lock or semaphore is shared, so a
-child killed at any moment cannot wedge the daemon. It dies with the daemon:
+mail), "s" or the pipe's end stops it. No lock or semaphore is shared through
+Python; on SQLite the two share the writer turn's file locks
+(writegate.WriterTurn), which the kernel drops when the child dies, so a child
+killed at any moment cannot wedge the daemon (one that hangs holding its turn
+is waited for a bounded time). It dies with the daemon:
 the kernel sends it SIGTERM when its parent goes, even on `kill -9` (and it
 checks its parent besides), and SIGTERM makes it settle the rows in hand and
 exit. SIGINT and SIGHUP, which reach a whole process group, are the daemon's

@@ -1,7 +1,8 @@
-"""Who writes next in the daemon: mail being accepted, and mail being processed, take turns.
+"""Who writes next: the daemon's writers (mail being accepted, mail being processed) take
+turns, and on SQLite they let the outbox sender, in a process of its own, have its turn.
 
-Kept apart from the daemon's wiring: it knows nothing of SMTP or the pipeline,
-only of the two kinds of writer that take turns.
+Kept apart from the daemon's wiring: it knows nothing of SMTP, the pipeline or
+the outbox, only of writers that take turns.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class WriteGate:
 
 
 class WriterTurn:
-    """SQLite's write lock shared fairly with a writer in another process (the sender).
+    """SQLite's write lock shared fairly with a writer in another process (the outbox sender).
 
     SQLite has one writer at a time and a busy handler that polls: a process
     whose writers follow each other without a gap (mail accepted, then
@@ -82,11 +83,14 @@ class WriterTurn:
     and no gap. This process's writers (`writing`) wait while another asks,
     then hold `-writing` shared. Only one of them writes at a time (the write
     gate), so one descriptor each does. The kernel drops a dead process's
-    locks, so a writer killed at any moment never blocks the others.
+    locks, so a writer killed at any moment never blocks the others; one that
+    hangs holding its turn (stopped, say) is waited for `wait` seconds, then
+    this process writes without the turn (SQLite's own busy timeout applies
+    again) and says so.
     """
 
-    def __init__(self, database: str) -> None:
-        self.database = database
+    def __init__(self, database: str, wait: float = 10.0) -> None:
+        self.database, self.wait = database, wait
         self._turn = os.open(database + "-turn", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
         try:
             self._writing = os.open(database + "-writing", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
@@ -121,14 +125,37 @@ class WriterTurn:
     @contextmanager
     def writing(self) -> Iterator[None]:
         """One of this process's transactions: after the other's, if it asked."""
-        fcntl.flock(self._turn, fcntl.LOCK_SH)
-        fcntl.flock(self._turn, fcntl.LOCK_UN)
-        fcntl.flock(self._writing, fcntl.LOCK_SH)
+        deadline = time.monotonic() + self.wait
+        if _shared(self._turn, deadline):
+            fcntl.flock(self._turn, fcntl.LOCK_UN)
+        held = _shared(self._writing, deadline)
+        if not held:
+            log.warning("the outbox sender has held its turn at %s for over %g s: writing without it",
+                        self.database, self.wait)
         try:
             yield
         finally:
-            fcntl.flock(self._writing, fcntl.LOCK_UN)
+            if held:
+                fcntl.flock(self._writing, fcntl.LOCK_UN)
 
     def close(self) -> None:
         os.close(self._turn)
         os.close(self._writing)
+
+
+def _shared(fd: int, deadline: float) -> bool:
+    """A shared lock on fd, waited for until deadline: False if the holder kept it that long.
+
+    flock cannot time out, so a wait polls; the other writer's transactions
+    are a few milliseconds, and the pause is never more than one.
+    """
+    pause = 0.0002
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(pause * 2, 0.001)

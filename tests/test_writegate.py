@@ -8,6 +8,7 @@ timeout, which fails if it polls for the lock in vain.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -29,8 +30,9 @@ def _connect(path: str, busy_ms: int) -> sqlite3.Connection:
 
 
 def _other_writer(path: str, commits: int, use_turn: bool, result) -> None:
-    """Commit `commits` times, each allowed half a second of waiting for the lock; how many made it."""
-    conn, turn, done = _connect(path, 500), WriterTurn.beside(path), 0
+    """Commit `commits` times, each allowed two seconds of waiting for the lock (the daemon's
+    transactions here are 5 ms); how many made it."""
+    conn, turn, done = _connect(path, 2000), WriterTurn.beside(path), 0
     assert turn is not None
     for _ in range(commits):
         try:
@@ -61,9 +63,10 @@ def _busy_writer(path: str, gate: WriteGate, stop: threading.Event, commits: lis
 def _race(tmp_path, use_turn: bool) -> tuple[int, int]:
     path = str(tmp_path / "maild.db")
     _connect(path, 1000).execute("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT)")
-    gate = WriteGate(exclusive=True, turn=WriterTurn.beside(path) if use_turn else None)
+    turn = WriterTurn.beside(path) if use_turn else None
+    gate = WriteGate(exclusive=True, turn=turn)
     stop, commits = threading.Event(), [0]
-    busy = threading.Thread(target=_busy_writer, args=(path, gate, stop, commits))
+    busy = threading.Thread(target=_busy_writer, args=(path, gate, stop, commits), daemon=True)
     busy.start()
     ctx = multiprocessing.get_context("spawn")
     result = ctx.Value("i", -1)
@@ -74,6 +77,8 @@ def _race(tmp_path, use_turn: bool) -> tuple[int, int]:
     finally:
         stop.set()
         busy.join()
+        if turn is not None:
+            turn.close()
     assert commits[0] > 0
     return result.value, commits[0]
 
@@ -113,7 +118,7 @@ def test_a_writer_killed_while_asking_holds_nobody_up(tmp_path):
         with turn.writing():
             pass
 
-    writer = threading.Thread(target=write)
+    writer = threading.Thread(target=write, daemon=True)
     writer.start()
     writer.join(0.5)
     assert writer.is_alive()  # it waits while the other writer has its turn...
@@ -121,6 +126,25 @@ def test_a_writer_killed_while_asking_holds_nobody_up(tmp_path):
     other.join(60)
     writer.join(10)
     assert not writer.is_alive()  # ...and the kernel drops a dead process's locks
+    turn.close()
+
+
+def test_a_writer_that_hangs_holding_its_turn_is_waited_for_a_bounded_time(tmp_path, caplog):
+    path = str(tmp_path / "maild.db")
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    other = ctx.Process(target=_hold_and_hang, args=(path, ready))
+    other.start()
+    try:
+        assert ready.wait(60)
+        turn = WriterTurn(path, wait=1.0)
+        with caplog.at_level(logging.WARNING, logger="maild.daemon"), turn.writing():
+            pass  # it gets here although the other writer never lets go...
+        assert "has held its turn" in caplog.text  # ...and says it wrote without the turn
+        turn.close()
+    finally:
+        os.kill(other.pid, signal.SIGKILL)
+        other.join(60)
 
 
 def _ask_and_note(path: str, asked, out) -> None:
@@ -147,6 +171,7 @@ def test_the_other_writer_waits_for_the_transaction_in_hand(tmp_path):
         assert went.value == 0.0  # still in hand here
         ended = time.monotonic()
     other.join(60)
+    turn.close()
     assert went.value >= ended
 
 

@@ -158,21 +158,18 @@ def _prepare(out: Outgoing, policy: OutboxPolicy, now: datetime, status: str, no
 
 def enqueue(
     session: Session, out: Outgoing, policy: OutboxPolicy, now: datetime | None = None, status: str = "queued",
-    not_before: datetime | None = None, flush: bool = True,
+    not_before: datetime | None = None,
 ) -> OutboxMessage:
     """Queue one mail (or hold it: status "held"); mail to the customer is recorded on its issue too.
 
-    The caller commits. With flush=False the rows are written with the session's
-    next flush (in one go with whatever else is waiting): the row has no id yet,
-    and auto_allowed does not count it until then.
+    The caller commits; the rows are flushed here, so the row has its id.
     """
     p = _prepare(out, policy, now or utcnow(), status, not_before)
     interaction = (_interaction(session, p.out, p.message_id, p.from_addr, p.display, flush=False)
                    if p.out.to_customer else None)
     row = OutboxMessage(**p.row, interaction=interaction)
     session.add(row)
-    if flush:
-        session.flush()
+    session.flush()
     session.info["outbox_queued"] = True  # see wake_on_queued
     return row
 
