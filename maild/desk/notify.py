@@ -186,6 +186,8 @@ class Notifier:
 
     def _issue_view(self, session: Session, issue_id: int, before: int | None = None) -> IssueView:
         """The issue at a glance, in one read; with `before`, the digest of the interactions before that one."""
+        if session.autoflush:  # a plain-table read: what the ORM holds unwritten is written first
+            session.flush()
         return self._issue_view_standing(session, issue_id, "", utcnow(), before)[0]
 
     def _issue_view_standing(self, session: Session, issue_id: int, address: str, now: datetime,

@@ -278,5 +278,7 @@ def allowed_by(policy: OutboxPolicy, failing: datetime | None, sent: int | None,
 def auto_allowed(session: Session, policy: OutboxPolicy, address: str, now: datetime | None = None) -> bool:
     """False when the address bounced recently or had its day's automatic mail already."""
     now = now or utcnow()
+    if session.autoflush:  # a plain-table read: rows queued through the ORM count, as autoflush had them
+        session.flush()
     failing, sent = session.execute(_AUTO_STANDING, standing_params(policy, address, now)).one()
     return allowed_by(policy, failing, sent, now)
