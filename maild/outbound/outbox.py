@@ -193,11 +193,11 @@ def queue_written(session: Session, out: Outgoing, policy: OutboxPolicy, now: da
     p = _prepare(out, policy, now, "queued", None)
     conn = session.connection()
     interaction_id = None
+    row = {**p.row, "resends": 0}
     if p.out.to_customer:
         fields = _interaction_fields(session, p.out, p.message_id, p.from_addr, p.display, "email", now)
         recorded = {**fields, "html": None, "bounce": None, "mailing_list": None, "defects": [],
                     "raw_message_id": None, "created_at": now}
-        row = {**p.row, "resends": 0}
         if p.out.issue_id and not p.out.attachments and conn.dialect.name == "postgresql":
             outbox_id, interaction_id = conn.execute(_recorded_statement(tuple(recorded), tuple(row)), {
                 **{f"i_{k}": v for k, v in recorded.items()}, **{f"o_{k}": v for k, v in row.items()},
@@ -210,7 +210,7 @@ def queue_written(session: Session, out: Outgoing, policy: OutboxPolicy, now: da
             _NEW_ACTION.one(conn, {"issue_id": p.out.issue_id, "interaction_id": interaction_id, "created_at": now})
         _NEW_ATTACHMENT.many(conn, [{**_attachment_fields(a), "interaction_id": interaction_id}
                                     for a in p.out.attachments])
-    outbox_id = _NEW_OUTBOX.one(conn, {**p.row, "interaction_id": interaction_id, "resends": 0})
+    outbox_id = _NEW_OUTBOX.one(conn, {**row, "interaction_id": interaction_id})
     session.info["outbox_queued"] = True  # see wake_on_queued
     return Queued(outbox_id, p.message_id, interaction_id)
 
