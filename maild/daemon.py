@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import weakref
 from typing import Protocol
 from collections.abc import Callable, Sequence
@@ -33,6 +34,9 @@ from maild.writegate import WriteGate, WriterTurn
 from maild.web.server import WebService, web_service
 
 log = logging.getLogger("maild.daemon")
+
+WARM_TIMEOUT = 30.0  # seconds the listeners wait at start for the sender process and the parse workers
+LISTEN_BACKLOG = 100  # connections the kernel queues until they are accepted (asyncio's default)
 
 
 class Service(Protocol):
@@ -114,13 +118,15 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stopping = self._stopping or asyncio.Event()
         await self._loop.run_in_executor(None, self.intake.recount)
-        servers = []
-        try:
+        pending = self.intake.pending  # left from the last run: the drain starts on it at once
+        servers: list[asyncio.Server] = []
+        try:  # listening now (a port in use fails the start here), answering once the services are up
             for lst in self.listeners:
                 host, port = split_hostport(lst.address)
                 factory = lambda f=lst.factory, p=lst.proto: self._track(f(), p)  # noqa: E731
-                servers.append(await self._loop.create_server(factory, host, port))
+                servers.append(await self._loop.create_server(factory, host, port, start_serving=False))
                 self._servers.append((lst.proto, lst.address, servers[-1]))
+                _listen(servers[-1])
             if self.web is not None:
                 await self.web.start()
         except OSError:
@@ -132,16 +138,38 @@ class Daemon:
             t.start()
         scheduler = Scheduler(self.jobs)
         scheduler.start()
-        log.info("started %s pending=%d", " ".join(f"{lst.proto}={lst.address}" for lst in self.listeners),
-                 self.intake.pending)
-        if self.banner:
-            log.info("%s", self.banner)
-        sd_notify("READY=1")
-        self.ready.set()
+        stopping: asyncio.Future[object] = asyncio.ensure_future(self._stopping.wait())
         try:
-            await self._stopping.wait()
+            # The sender process and the parse workers start and import first, so the
+            # first mail after a start is answered and acknowledged as fast as any other.
+            warming: asyncio.Future[object] = self._loop.run_in_executor(None, self._warm, WARM_TIMEOUT)
+            await asyncio.wait([warming, stopping], return_when=asyncio.FIRST_COMPLETED)
+            if not self._stopping.is_set():
+                for server in servers:
+                    await server.start_serving()
+                log.info("started %s pending=%d", " ".join(f"{lst.proto}={lst.address}" for lst in self.listeners),
+                         pending)
+                if self.banner:
+                    log.info("%s", self.banner)
+                sd_notify("READY=1")
+                self.ready.set()
+            await stopping
         finally:
+            stopping.cancel()
             await self._shutdown(servers, threads, scheduler)
+
+    def _warm(self, timeout: float) -> None:
+        """Each service that starts processes waits (within `timeout` s in all) until they are up."""
+        deadline = time.monotonic() + timeout
+        for service in self.services:
+            warm = getattr(service, "warm", None)
+            try:
+                ready = warm is None or warm(max(0.0, deadline - time.monotonic()))
+            except Exception:
+                log.exception("service=%s failed to start its processes: listening anyway", service.name)
+                continue
+            if not ready:
+                log.warning("service=%s not ready %gs after the start: listening anyway", service.name, timeout)
 
     async def _shutdown(self, servers: list, threads: list[threading.Thread], scheduler: Scheduler) -> None:
         sd_notify("STOPPING=1")
@@ -170,6 +198,18 @@ class Daemon:
         scheduler.shutdown()
         for close in self.closers:
             close()
+
+
+def _listen(server: asyncio.Server) -> None:
+    """The kernel queues connections from now on; they are answered once the server starts
+    serving. A client that connects while the daemon starts waits for the greeting (RFC 5321
+    gives it minutes) rather than being refused and retrying much later."""
+    for listening in server.sockets:
+        sock = socket.socket(fileno=listening.fileno())
+        try:
+            sock.listen(LISTEN_BACKLOG)
+        finally:
+            sock.detach()  # the server's socket stays open: this object only borrowed it
 
 
 def describe_outbound(relay: str) -> str:

@@ -192,6 +192,10 @@ class DrainWorker:
                 continue
             self.intake.wake.wait(self.interval)
 
+    def warm(self, timeout: float) -> bool:
+        """Before the daemon listens: the parse workers up (see Daemon.serve)."""
+        return self.pipeline.warm(timeout)
+
     def size(self) -> int:
         """The next batch's size: the idle size, or the backlog up to max_batch."""
         return min(self.max_batch, max(self.batch, self.intake.pending))

@@ -9,7 +9,8 @@ nothing about exactly-once changes: the child is one more sender.
 The child is started with `spawn` (the daemon has threads; forking it is
 unsafe) and builds only what sending needs. The daemon talks to it through a
 pipe, written without ever blocking: a byte "w" wakes it (a commit queued
-mail), "s" or the pipe's end stops it. No lock or semaphore is shared through
+mail), "s" or the pipe's end stops it. A second pipe carries one byte back
+once the child is built, so the daemon can wait for it before it listens. No lock or semaphore is shared through
 Python; on SQLite the two share the writer turn's file locks
 (writegate.WriterTurn), which the kernel drops when the child dies, so a child
 killed at any moment cannot wedge the daemon (one that hangs holding its turn
@@ -29,6 +30,7 @@ import os
 import select
 import signal
 import threading
+import time
 from multiprocessing.connection import Connection
 
 from maild.config import Settings
@@ -64,7 +66,7 @@ def _listen(control: int, signalled: int, parent: int, wake: threading.Event, st
     wake.set()
 
 
-def _child(settings: Settings, level: int, parent: int, control: Connection) -> None:
+def _child(settings: Settings, level: int, parent: int, control: Connection, ready: Connection) -> None:
     """The sender process: send until the daemon says stop, goes away, or SIGTERM."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -82,6 +84,8 @@ def _child(settings: Settings, level: int, parent: int, control: Connection) -> 
     from maild.app import build_sender
 
     sender = build_sender(settings, wake)
+    ready.send_bytes(b"r")
+    ready.close()
     sender.run(stop)
 
 
@@ -96,6 +100,8 @@ class SenderProcess:
         self._lock = threading.Lock()
         self._control: Connection | None = None  # the daemon's end of the pipe
         self.process: multiprocessing.process.BaseProcess | None = None
+        self._ready: Connection | None = None  # the child says it is built (once per start)
+        self._started = threading.Event()
 
     def wake(self) -> None:
         """Tell the sender mail was queued; never blocks (a full pipe has a wake in it already)."""
@@ -110,19 +116,42 @@ class SenderProcess:
             except (BlockingIOError, BrokenPipeError):
                 pass  # a wake is waiting already, or the child is gone (and will be started again)
 
+    def warm(self, timeout: float) -> bool:
+        """Wait, at most `timeout` s, until the first sender process is built and sending (or
+        gone): the daemon does this before it listens. False if neither came in time."""
+        deadline = time.monotonic() + timeout
+        if not self._started.wait(timeout):
+            return False
+        with self._lock:
+            ready = self._ready
+        if ready is None:
+            return False
+        try:  # readable once the byte came, or at EOF (a child that died is started again by run)
+            answered = ready.poll(max(0.0, deadline - time.monotonic()))
+        except OSError:  # closed meanwhile: the child died and run() started another
+            return False
+        if answered and self.process is not None:
+            log.info("sender process pid=%s ready", self.process.pid)
+        return answered
+
     def _start(self) -> None:
         reader, writer = self._ctx.Pipe(duplex=False)
         os.set_blocking(writer.fileno(), False)
+        ready_reader, ready_writer = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=_child, name="maild-sender",
-            args=(self.settings, logging.getLogger().level, os.getpid(), reader),
+            args=(self.settings, logging.getLogger().level, os.getpid(), reader, ready_writer),
         )
         process.start()
         reader.close()  # the child has its copy: when it goes, a write fails rather than fills up
+        ready_writer.close()
         with self._lock:
             old, self._control, self.process = self._control, writer, process
-        if old is not None:
-            old.close()
+            old_ready, self._ready = self._ready, ready_reader
+        for conn in (old, old_ready):
+            if conn is not None:
+                conn.close()
+        self._started.set()
         log.info("sender process started pid=%s", process.pid)
 
     def run(self, stop: threading.Event) -> None:
@@ -155,8 +184,10 @@ class SenderProcess:
         self._write(b"s")
         with self._lock:
             control, self._control = self._control, None
-        if control is not None:
-            control.close()
+            ready, self._ready = self._ready, None
+        for conn in (control, ready):
+            if conn is not None:
+                conn.close()
         self.process.join(self.settings.daemon.shutdown_grace)
         if self.process.is_alive():
             log.warning("sender process pid=%s still busy after %ss; ending it", self.process.pid,

@@ -187,6 +187,80 @@ def test_jobs_run_periodically_and_services_stop_on_shutdown(tmp_path, db_url):
     assert service.stopped.is_set()
 
 
+def _in_process_daemon(tmp_path, db_url, services):
+    from maild import daemon as d
+    from maild.app import build
+    from maild.config import load
+
+    config = daemon_config(tmp_path, db_url)
+    settings = load(config)
+    app = build(settings)
+    engine = d.intake_engine(db_url, 1.0)
+    intake = d.Intake(d.db.session_factory(engine), 10)
+    daemon = d.Daemon(settings, intake, d.smtp.listeners(settings, intake), jobs=[], services=services,
+                      closers=[app.close, engine.dispose])
+    return config, daemon
+
+
+class _Slow:
+    """A service that starts processes: ready when the test says so."""
+
+    name = "slow"
+
+    def __init__(self, answer: bool = True) -> None:
+        self.asked, self.go, self.answer = threading.Event(), threading.Event(), answer
+
+    def run(self, stop: threading.Event) -> None:
+        stop.wait()
+
+    def warm(self, timeout: float) -> bool:
+        self.asked.set()
+        self.go.wait(timeout)
+        return self.answer
+
+
+def test_a_client_that_connects_during_the_start_is_greeted_once_the_services_are_up(tmp_path, db_url, db):
+    """Connections are queued while the sender process and parse workers start, not refused
+    (an MTA would retry only much later), and the first mail is taken once they are up."""
+    import asyncio
+
+    slow = _Slow()
+    config, daemon = _in_process_daemon(tmp_path, db_url, [slow])
+    serving = threading.Thread(target=lambda: asyncio.run(daemon.serve()), name="daemon")
+    serving.start()
+    try:
+        assert slow.asked.wait(30), "the daemon did not wait for its services"
+        early = socket.create_connection(("127.0.0.1", ports_of(config)["smtp"]), timeout=30)
+        early.settimeout(0.5)
+        with pytest.raises(socket.timeout):
+            early.recv(100)  # connected, queued: no greeting while the services start
+        assert not daemon.ready.is_set()
+        slow.go.set()
+        early.settimeout(30)
+        assert early.recv(100).startswith(b"220 ")
+        early.close()
+        assert daemon.ready.wait(30)
+        with smtp_client(config) as s:
+            s.sendmail("pat@example.com", ["support@acme.test"], message("First after the start"))
+    finally:
+        slow.go.set()
+        daemon.stop()
+        serving.join(60)
+    assert not serving.is_alive()
+    assert db.raw_count() == 1
+
+
+def test_a_service_that_is_not_ready_in_time_is_logged_and_mail_is_taken(tmp_path, db_url, db, caplog):
+    slow = _Slow(answer=False)
+    slow.go.set()
+    config, daemon = _in_process_daemon(tmp_path, db_url, [slow])
+    with caplog.at_level("WARNING", logger="maild.daemon"), InProcess(daemon):
+        with smtp_client(config) as s:
+            s.sendmail("pat@example.com", ["support@acme.test"], message("Taken anyway"))
+    assert "service=slow not ready" in caplog.text
+    assert db.raw_count() == 1
+
+
 @pytest.mark.parametrize(
     "smtp, expected",
     [

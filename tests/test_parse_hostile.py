@@ -91,6 +91,12 @@ def budget():
     b.close()
 
 
+def test_warm_answers_once_the_worker_is_up_and_parsing_works_after(budget):
+    assert budget.warm(60)  # the daemon waits for this before it listens
+    assert budget.warm(60)  # a second call finds the worker running
+    assert read(budget, mail("Subject: after warm\n")).subject == "after warm"
+
+
 def read(budget: Budget, raw: bytes) -> ParsedMessage:
     prepared = budget.prepare(raw, ())
     assert prepared.error is None, f"{prepared.stage}: {prepared.error}"

@@ -49,6 +49,14 @@ def test_the_sender_process_goes_when_the_daemon_is_killed(maild):
     wait_until(lambda: gone(pid), "the orphaned sender process to exit")
 
 
+def test_the_daemon_answers_mail_once_its_sender_process_is_ready(maild):
+    """The sender process is built (imports, database) before the listener answers, so the
+    first mail after a start is acknowledged as promptly as any other."""
+    (pid,) = senders(maild)  # logged before the daemon says it listens (Maild.start waited for that)
+    ready, started = maild.log.find(f"sender process pid={pid} ready"), maild.log.find("maild.daemon started smtp=")
+    assert 0 <= ready < started, maild.log
+
+
 def notified(relay, subject: str) -> list[str]:  # noqa: F811
     """The reps told of `subject` (acknowledgements are off here)."""
     return sorted(env["to"][0] for env, m in relay.messages() if subject in m["Subject"])

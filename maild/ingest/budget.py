@@ -19,7 +19,7 @@ import resource
 import threading
 import traceback
 from collections.abc import Callable
-from concurrent.futures import BrokenExecutor, CancelledError, Future
+from concurrent.futures import BrokenExecutor, CancelledError, Future, wait
 from dataclasses import dataclass, replace
 
 from pebble import ProcessExpired, ProcessPool
@@ -116,6 +116,11 @@ def _yield_to_store() -> None:
     os.nice(NICENESS)
 
 
+def _ready() -> int:
+    """A worker's first task at a start (Budget.warm): it exists, with the parser imported."""
+    return os.getpid()
+
+
 def _context() -> multiprocessing.context.BaseContext:
     """fork in a single-threaded command (cheap, nothing to import again); forkserver in
     the daemon, where forking a process with other threads running is unsafe."""
@@ -141,6 +146,14 @@ class Budget:
     def start(self) -> None:
         """Start the workers now: before other threads start, they can be forked (cheap)."""
         self._started()
+
+    def warm(self, timeout: float) -> bool:
+        """Start the workers and wait, at most `timeout` s, until they answer: the daemon
+        does this before it listens, so the first mail after a start does not wait for
+        processes to start and import the parser. False if they did not answer in time."""
+        pool = self._started()
+        done, late = wait([pool.schedule(_ready) for _ in range(self.workers)], timeout)
+        return not late and all(f.exception() is None for f in done)
 
     def _started(self) -> ProcessPool:
         with self._lock:

@@ -324,6 +324,10 @@ class Pipeline:
         """Start the parse workers (else the first message starts them)."""
         self.budget.start()
 
+    def warm(self, timeout: float) -> bool:
+        """Start the parse workers and wait (at most `timeout` s) until they answer."""
+        return self.budget.warm(timeout)
+
     def close(self) -> None:
         self.budget.close()
 

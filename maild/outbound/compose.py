@@ -32,6 +32,7 @@ _DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
 _PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
 _QUOTABLE = re.compile(r"[ -~]*")  # printable ASCII; a quote or a backslash are ruled out apart
 _FIELD_NAME = re.compile(r"[!-9;-~]+")  # printable ASCII but the colon
+_BREAKS = re.compile("[\x00-\x1f\x7f\u2028\u2029]")  # line breaks and control characters
 _OWN_FIELDS = {"from", "to", "cc", "reply-to", "subject", "date", "message-id", "in-reply-to", "references",
                "auto-submitted", "x-auto-response-suppress", "x-maild-loop", "content-type",
                "content-transfer-encoding", "mime-version"}
@@ -75,8 +76,7 @@ class Outgoing:
 
 def one_line(value: str, limit: int = 900) -> str:
     """A header value with every line break and control character folded to a space."""
-    cleaned = "".join(" " if ord(ch) < 32 or ch in "\u2028\u2029\x7f" else ch for ch in value)
-    return " ".join(cleaned.split())[:limit]
+    return " ".join(_BREAKS.sub(" ", value).split())[:limit]
 
 
 def new_message_id(domain: str) -> str:

@@ -150,10 +150,12 @@ class Sender:
         self.lease = timedelta(seconds=o.sending_timeout)
         self.interval = o.send_interval
         self.connections = o.connections
-        # Rows in hand at most: one per connection, claimed as a connection
-        # frees up. A row claimed is counted as possibly sent if this sender
-        # dies, so none waits in hand unsent (and other senders get their share).
-        self.batch = o.connections
+        # Rows in hand at most: two per connection, one being sent and the next
+        # ready, so a connection never idles while results are settled and
+        # more rows claimed (each such commit takes a turn at the write lock:
+        # under a burst, half as many). A row claimed counts as possibly sent
+        # if this sender dies, so no more wait in hand (other senders get their share).
+        self.batch = 2 * o.connections
         self.owner = owner or f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self.wake: Flag = threading.Event()  # set when mail was queued: send now rather than at the next interval
         # Held around each of this sender's transactions: how it gets its turn at SQLite's write lock
