@@ -39,6 +39,7 @@ log = logging.getLogger("maild.outbound")
 
 PR_SET_PDEATHSIG = 1
 RESTART_DELAY = 1.0  # seconds before a dead sender is started again
+WARM_SLICE = 0.25  # seconds between looks while the daemon waits for a new sender to be ready
 
 
 def _die_with_parent() -> None:
@@ -118,21 +119,25 @@ class SenderProcess:
 
     def warm(self, timeout: float) -> bool:
         """Wait, at most `timeout` s, until the first sender process is built and sending (or
-        gone): the daemon does this before it listens. False if neither came in time."""
+        gone): the daemon does this before it listens. False if neither came in time, or the
+        daemon stopped meanwhile (the wait looks again every WARM_SLICE s)."""
         deadline = time.monotonic() + timeout
         if not self._started.wait(timeout):
             return False
-        with self._lock:
-            ready = self._ready
-        if ready is None:
-            return False
-        try:  # readable once the byte came, or at EOF (a child that died is started again by run)
-            answered = ready.poll(max(0.0, deadline - time.monotonic()))
-        except OSError:  # closed meanwhile: the child died and run() started another
-            return False
-        if answered and self.process is not None:
-            log.info("sender process pid=%s ready", self.process.pid)
-        return answered
+        while True:
+            with self._lock:
+                ready, process = self._ready, self.process
+            left = deadline - time.monotonic()
+            if ready is None or left <= 0:
+                return False
+            try:  # readable once the byte came, or at EOF (a child that died is started again by run)
+                if ready.poll(min(WARM_SLICE, left)):
+                    break
+            except OSError:  # closed meanwhile: the daemon is stopping
+                return False
+        if process is not None:
+            log.info("sender process pid=%s ready", process.pid)
+        return True
 
     def _start(self) -> None:
         reader, writer = self._ctx.Pipe(duplex=False)

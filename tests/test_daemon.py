@@ -254,9 +254,8 @@ def test_a_service_that_is_not_ready_in_time_is_logged_and_mail_is_taken(tmp_pat
     slow = _Slow(answer=False)
     slow.go.set()
     config, daemon = _in_process_daemon(tmp_path, db_url, [slow])
-    with caplog.at_level("WARNING", logger="maild.daemon"), InProcess(daemon):
-        with smtp_client(config) as s:
-            s.sendmail("pat@example.com", ["support@acme.test"], message("Taken anyway"))
+    with caplog.at_level("WARNING", logger="maild.daemon"), InProcess(daemon), smtp_client(config) as s:
+        s.sendmail("pat@example.com", ["support@acme.test"], message("Taken anyway"))
     assert "service=slow not ready" in caplog.text
     assert db.raw_count() == 1
 

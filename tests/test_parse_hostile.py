@@ -97,6 +97,32 @@ def test_warm_answers_once_the_worker_is_up_and_parsing_works_after(budget):
     assert read(budget, mail("Subject: after warm\n")).subject == "after warm"
 
 
+def _hang(data, envelope_to, own, memory, envelope_from=None):
+    """A worker task that never ends: the worker is busy when the daemon asks whether it is up."""
+    import time
+
+    time.sleep(3600)
+
+
+def test_warm_gives_up_at_once_when_the_pool_is_closed_meanwhile():
+    """A daemon stopped while it waits for its workers at start must not wait out the whole timeout."""
+    import threading
+
+    other = threading.Event()  # the daemon has threads: its workers come from a forkserver
+    threading.Thread(target=other.wait, daemon=True).start()
+    b = Budget(OwnMail(frozenset(), None), 3600, 512 * 1024 * 1024, task=_hang)
+    b.submit(mail("Subject: hang\n"), ())  # the only worker is taken: its answer cannot come
+    answer: list[bool] = []
+    waiting = threading.Thread(target=lambda: answer.append(b.warm(3600)))
+    waiting.start()
+    waiting.join(0.5)
+    assert waiting.is_alive() and not answer  # still waiting for the worker
+    b.close()
+    waiting.join(30)
+    other.set()
+    assert answer == [False]
+
+
 def read(budget: Budget, raw: bytes) -> ParsedMessage:
     prepared = budget.prepare(raw, ())
     assert prepared.error is None, f"{prepared.stage}: {prepared.error}"

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import resource
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, CancelledError, Future, wait
@@ -29,6 +30,7 @@ from maild.ingest.stages.parse import parse
 from maild.ingest.stages.records import Classification, ParsedMessage
 
 RECYCLE_AFTER = 2000  # messages per worker process: a fresh one bounds what fragmentation costs
+WARM_SLICE = 0.25  # seconds between looks while the daemon waits for the workers at start
 NICENESS = 5  # how much lower the workers' priority is than the storing process's
 
 
@@ -150,10 +152,19 @@ class Budget:
     def warm(self, timeout: float) -> bool:
         """Start the workers and wait, at most `timeout` s, until they answer: the daemon
         does this before it listens, so the first mail after a start does not wait for
-        processes to start and import the parser. False if they did not answer in time."""
+        processes to start and import the parser. False if they did not answer in time,
+        or the pool was closed meanwhile (the wait looks again every WARM_SLICE s)."""
+        deadline = time.monotonic() + timeout
         pool = self._started()
-        done, late = wait([pool.schedule(_ready) for _ in range(self.workers)], timeout)
-        return not late and all(f.exception() is None for f in done)
+        answers = [pool.schedule(_ready) for _ in range(self.workers)]
+        while (left := deadline - time.monotonic()) > 0:
+            done, late = wait(answers, min(WARM_SLICE, left))
+            if not late:
+                return all(f.exception() is None for f in done)
+            with self._lock:
+                if self._pool is not pool:  # closed: the daemon is stopping
+                    return False
+        return False
 
     def _started(self) -> ProcessPool:
         with self._lock:
