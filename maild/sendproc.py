@@ -10,14 +10,14 @@ The child is started with `spawn` (the daemon has threads; forking it is
 unsafe) and builds only what sending needs. The daemon talks to it through a
 pipe, written without ever blocking: a byte "w" wakes it (a commit queued
 mail), "s" or the pipe's end stops it. A second pipe carries one byte back
-once the child is built, so the daemon can wait for it before it listens. No lock or semaphore is shared through
-Python; on SQLite the two share the writer turn's file locks
-(writegate.WriterTurn), which the kernel drops when the child dies, so a child
-killed at any moment cannot wedge the daemon (one that hangs holding its turn
-is waited for a bounded time). It dies with the daemon:
-the kernel sends it SIGTERM when its parent goes, even on `kill -9` (and it
-checks its parent besides), and SIGTERM makes it settle the rows in hand and
-exit. SIGINT and SIGHUP, which reach a whole process group, are the daemon's
+once the child is built, so the daemon can wait for it before it answers
+mail. No lock or semaphore is shared through Python; on SQLite the two share
+the writer turn's file locks (writegate.WriterTurn), which the kernel drops
+when the child dies, so a child killed at any moment cannot wedge the daemon
+(one that hangs holding its turn is waited for a bounded time). It dies with
+the daemon: the kernel sends it SIGTERM when its parent goes, even on `kill
+-9` (and it checks its parent besides), and SIGTERM makes it settle the rows
+in hand and exit. SIGINT and SIGHUP, which reach a whole process group, are the daemon's
 to act on. If the child dies, the daemon starts it again.
 """
 
@@ -85,7 +85,10 @@ def _child(settings: Settings, level: int, parent: int, control: Connection, rea
     from maild.app import build_sender
 
     sender = build_sender(settings, wake)
-    ready.send_bytes(b"r")
+    try:
+        ready.send_bytes(b"r")
+    except OSError:
+        pass  # the daemon stopped waiting (it is stopping, or started another sender)
     ready.close()
     sender.run(stop)
 
@@ -130,10 +133,11 @@ class SenderProcess:
             left = deadline - time.monotonic()
             if ready is None or left <= 0:
                 return False
-            try:  # readable once the byte came, or at EOF (a child that died is started again by run)
+            try:
                 if ready.poll(min(WARM_SLICE, left)):
+                    ready.recv_bytes()  # the child's byte; EOFError: it died first (run starts another)
                     break
-            except OSError:  # closed meanwhile: the daemon is stopping
+            except (OSError, EOFError):  # or closed meanwhile: the daemon is stopping
                 return False
         if process is not None:
             log.info("sender process pid=%s ready", process.pid)
