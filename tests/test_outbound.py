@@ -196,19 +196,21 @@ def test_crash_between_relay_ok_and_marking_sent_resends_at_most_once(out_app, r
     sender.send_signal(signal.SIGKILL)
     sender.wait(10)
     lock.close()
-    # One connection holds one row: the held mail is in doubt, the others were never claimed.
-    assert sorted(r.status for r in rows(out_app)) == ["queued", "queued", "sending"]
+    # One connection holds two rows (one being sent, the next ready): the held mail and the one
+    # claimed beside it are in doubt, the third was never claimed.
+    assert sorted(r.status for r in rows(out_app)) == ["queued", "sending", "sending"]
     before = len(relay.messages())
-    # The queued rows go now; the held one waits: the dead sender's lease (sending_timeout) is still valid.
-    assert out_app.sender.run_once()["sent"] == 2
-    assert len(relay.messages()) == before + 2
-    assert out_app.sender.run_once(now=utcnow() + timedelta(seconds=6))["sent"] == 1
-    assert sorted(r.resends for r in rows(out_app)) == [0, 0, 1]  # only the held mail was ambiguous
+    # The queued row goes now; the held ones wait: the dead sender's lease (sending_timeout) is still valid.
+    assert out_app.sender.run_once()["sent"] == 1
+    assert len(relay.messages()) == before + 1
+    assert out_app.sender.run_once(now=utcnow() + timedelta(seconds=6))["sent"] == 2
+    assert sorted(r.resends for r in rows(out_app)) == [0, 1, 1]  # both leased rows count their one resend
     assert out_app.sender.run_once(now=utcnow() + timedelta(hours=1)) == {}
     copies: dict[str, list[bytes]] = {}
     for _, m in relay.messages():
         copies.setdefault(m["Message-ID"], []).append(m.as_bytes())
-    assert len(copies) == 3 and len(relay.messages()) == before + 3 == 4
+    # The row beside the held one may have reached the relay before the crash (its connection was free).
+    assert len(copies) == 3 and len(relay.messages()) == before + 3 and before in (1, 2)
     first_id = relay.messages()[0][1]["Message-ID"]
     assert len(copies[first_id]) == 2  # the held mail: one resend ...
     assert all(len(c) <= 2 and len(set(c)) == 1 for c in copies.values())  # ... never more, always the same bytes
