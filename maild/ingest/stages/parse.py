@@ -20,6 +20,7 @@ from mailparser.dates import parse_mail_date
 
 from maild.ingest.stages import headers
 from maild.ingest.stages.html import html_texts
+from maild.ingest.stages.mime import Message
 from maild.ingest.stages.parts import Body, cap_parts, safe_filename
 from maild.ingest.stages.quotes import new_text as strip_quotes
 from maild.ingest.stages.records import ParsedMessage
@@ -93,7 +94,7 @@ def parse(
     mailbox addresses and display names) mark reply attributions that quote us."""
     read, cut = cap_parts(raw)
     try:
-        msg = email.message_from_bytes(read)
+        msg = email.message_from_bytes(read, _class=Message)
     except RecursionError:
         raise NestingTooDeep("MIME parts nested too deeply to parse") from None
     defects = [type(d).__name__ for d in msg.defects] + ([cut] if cut else [])
