@@ -49,45 +49,24 @@ class Message(email.message.Message):
             self._ctype = super().get_content_type()
         return self._ctype
 
-    # Every way the stdlib changes headers or the default type drops what was
-    # cached, after the change (some of them read headers on the way).
 
-    def __setitem__(self, name, val) -> None:
-        super().__setitem__(name, val)
-        self._forget()
+# Every way the stdlib changes headers or the default type drops what was cached,
+# after the change (some of them read headers on the way).
+_CHANGES = ("__setitem__", "__delitem__", "set_raw", "add_header", "replace_header", "set_boundary",
+            "set_default_type", "set_param", "del_param", "set_type")
 
-    def __delitem__(self, name) -> None:
-        super().__delitem__(name)
-        self._forget()
 
-    def set_raw(self, name, value) -> None:
-        super().set_raw(name, value)
-        self._forget()
+def _forgetting(name: str):
+    change = getattr(email.message.Message, name)
 
-    def add_header(self, _name, _value, **_params) -> None:
-        super().add_header(_name, _value, **_params)
+    def method(self: Message, *args, **kwargs):
+        result = change(self, *args, **kwargs)
         self._forget()
+        return result
 
-    def replace_header(self, _name, _value) -> None:
-        super().replace_header(_name, _value)
-        self._forget()
+    method.__name__ = method.__qualname__ = name
+    return method
 
-    def set_boundary(self, boundary) -> None:
-        super().set_boundary(boundary)
-        self._forget()
 
-    def set_default_type(self, ctype) -> None:
-        super().set_default_type(ctype)
-        self._forget()
-
-    def set_param(self, *args, **kwargs) -> None:
-        super().set_param(*args, **kwargs)
-        self._forget()
-
-    def del_param(self, *args, **kwargs) -> None:
-        super().del_param(*args, **kwargs)
-        self._forget()
-
-    def set_type(self, *args, **kwargs) -> None:
-        super().set_type(*args, **kwargs)
-        self._forget()
+for _name in _CHANGES:
+    setattr(Message, _name, _forgetting(_name))
