@@ -293,6 +293,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="steady stream: how long")
     parser.add_argument("--timeout", type=float, default=600.0, help="longest wait for processing and acks")
     args = parser.parse_args()
+    ingest.compile_maild()
     with tempfile.TemporaryDirectory(prefix="maild-burst-") as tmp:
         work = Path(tmp)
         if args.rate:
