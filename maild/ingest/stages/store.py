@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection, Row
 from maild.addresses import AddressRules
 from maild.models import Action, Attachment, Blob, Customer, CustomerAddress, Interaction, Issue, RawMessage, table_of, utcnow
 from maild.timefmt import aware
+from maild.ingest.stages import combined
 from maild.ingest.stages.lookup import DbLookup
 from maild.statements import Insert
 from maild.ingest.stages.records import Stored, Classification, CustomerMatch, ParsedMessage, ThreadDecision
@@ -68,11 +69,16 @@ def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classificatio
     if sender.customer_id is not None or cls.auto:
         return sender.customer_id  # automatic mail never creates an identification record
     now, key = utcnow(), rules.key(sender.email)[:320]
-    customer_id = _NEW_CUSTOMER.one(conn, {"name": (sender.name or "")[:200], "tags": [], "created_at": now})
-    claimed = conn.execute(
-        _CLAIM_ADDRESS[conn.dialect.name],
-        {"customer_id": customer_id, "email": sender.email[:320], "key": key, "created_at": now},
-    ).scalar()
+    name, email = (sender.name or "")[:200], sender.email[:320]
+    if conn.dialect.name == "postgresql":
+        customer_id, claimed = conn.execute(
+            combined.new_customer(), {"name": name, "tags": [], "email": email, "key": key, "created_at": now},
+        ).one()
+    else:
+        customer_id = _NEW_CUSTOMER.one(conn, {"name": name, "tags": [], "created_at": now})
+        claimed = conn.execute(
+            _CLAIM_ADDRESS[conn.dialect.name], {"customer_id": customer_id, "email": email, "key": key, "created_at": now},
+        ).scalar()
     if claimed is None:
         conn.execute(_DROP_CUSTOMER, {"id": customer_id})
         owner = conn.scalar(_ADDRESS_OWNER, {"key": key})
@@ -83,17 +89,37 @@ def _customer(conn: Connection, sender: CustomerMatch | None, cls: Classificatio
     return customer_id
 
 
-def _new_issue(conn: Connection, mailbox: str, msg: ParsedMessage, category: str, customer_id, own,
-               lookup: DbLookup) -> int:
+def _issue(mailbox: str, msg: ParsedMessage, category: str, customer_id, own, lookup: DbLookup) -> dict:
     ids = lookup.category_ids()
     now = utcnow()
-    issue_id = _NEW_ISSUE.one(conn, dict(
+    return dict(
         mailbox=mailbox, subject=msg.subject, category_id=ids.get(category) or ids["uncategorized"],
         customer_id=customer_id, cc=[a.email for a in msg.cc if a.email.lower() not in own], tags=[],
         status="open", priority="normal", opened_at=now, updated_at=now,
-    ))
-    lookup.remember_issue(issue_id, "open")
-    return issue_id
+    )
+
+
+def _record(conn: Connection, issue: dict | None, issue_id: int | None, linked_to: int | None,
+            row: dict) -> tuple[int, int]:
+    """The new issue (when `issue` is given), the interaction and its actions; (issue id, interaction id).
+    PostgreSQL writes them in one statement when there is one action (combined.py)."""
+    now = utcnow()
+    if conn.dialect.name == "postgresql" and linked_to is None:
+        params = {**{f"i_{k}": v for k, v in row.items()}, "a_created_at": now}
+        if issue is not None:
+            params.update({f"s_{k}": v for k, v in issue.items()})
+        else:
+            params["a_issue_id"] = issue_id
+        statement = combined.recorded(tuple(row), tuple(issue) if issue is not None else None)
+        new_issue_id, interaction_id = conn.execute(statement, params).one()
+        return new_issue_id, interaction_id
+    if issue is not None:
+        issue_id = _NEW_ISSUE.one(conn, issue)
+    assert issue_id is not None
+    interaction_id = _NEW_INTERACTION.one(conn, row)
+    targets = [t for t in (issue_id, linked_to) if t is not None]  # a late reply also stays on the old issue
+    _NEW_ACTION.many(conn, [{"issue_id": t, "interaction_id": interaction_id, "created_at": now} for t in targets])
+    return issue_id, interaction_id
 
 
 def _attachments(conn: Connection, interaction_id: int, msg: ParsedMessage) -> None:
@@ -193,14 +219,12 @@ def store(
     wakes = decision.issue_status == "closed" and from_customer and not cls.auto
     linked_to = issue_id if wakes and issue_id is not None and _closed_long_ago(conn, issue_id, reopen_days) else None
     new_issue = issue_id is None or linked_to is not None
-    if new_issue:
-        issue_id = _new_issue(conn, mailbox, msg, decision.category, customer_id, own_addresses, lookup)
+    issue = _issue(mailbox, msg, decision.category, customer_id, own_addresses, lookup) if new_issue else None
     row = _interaction(raw_id, mailbox, msg, cls, sender, customer_id, decision)
-    interaction_id = _NEW_INTERACTION.one(conn, row)
-    targets = [t for t in (issue_id, linked_to) if t is not None]  # a late reply also stays on the old issue
-    now = utcnow()
-    _NEW_ACTION.many(conn, [{"issue_id": t, "interaction_id": interaction_id, "created_at": now} for t in targets])
-    lookup.remember_message(msg.message_id, targets)
+    issue_id, interaction_id = _record(conn, issue, issue_id, linked_to, row)
+    if new_issue:
+        lookup.remember_issue(issue_id, "open")
+    lookup.remember_message(msg.message_id, [t for t in (issue_id, linked_to) if t is not None])
     _attachments(conn, interaction_id, msg)
     # An issue's last activity is its newest action; only a reopen changes the row.
     reopened = wakes and linked_to is None
