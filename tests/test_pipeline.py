@@ -150,6 +150,19 @@ def test_customer_recognised_by_any_address_case_insensitively(app):
     assert count(app, Customer) == 1
 
 
+def test_a_sender_recorded_meanwhile_by_another_transaction_is_that_record(app, monkeypatch):
+    # Two deliveries of one new sender at once: identify saw no record, but by the time
+    # this mail is stored another transaction has claimed the address. Its record is the
+    # sender's: no second customer, no key violation, nothing quarantined.
+    first = ingest(app, mail(frm="Pat <pat@example.com>", msgid="<r1@example.com>"))
+    from maild.ingest.stages.lookup import DbLookup
+    monkeypatch.setattr(DbLookup, "live_customer_by_key", lambda self, key: None)
+    second = ingest(app, mail(frm="pat@example.com", subject="Another thing", msgid="<r2@example.com>"))
+    assert second.state == "done"
+    assert second.stored.customer_id == first.stored.customer_id
+    assert count(app, Customer) == 1
+
+
 def test_mail_from_our_own_address_never_creates_customer(app):
     o = ingest(app, mail(frm="help@acme.test", msgid="<own1@example.com>"))
     assert o.state == "done"
