@@ -163,22 +163,18 @@ def write_config(directory: Path) -> Path:
     return config
 
 
-PYCACHE = Path(tempfile.gettempdir()) / "maild-bench-pycache"
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    if env.pop("PYTHONDONTWRITEBYTECODE", ""):
-        # Where Python is told to write no bytecode, every maild run would compile
-        # maild's modules again (about 0.15 s a start) while the floor's stdlib comes
-        # compiled: maild gets bytecode too, in a cache of the benchmarks' own.
-        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     return env
 
 
 def compile_maild() -> None:
-    """Bytecode for maild before anything is timed, as an installed package has it."""
+    """maild's bytecode written before anything is timed, as an installed package has it.
+
+    Where PYTHONDONTWRITEBYTECODE is set, Python never writes it, so each timed
+    maild start would compile maild's modules again (about 0.15 s) while the
+    stdlib and the other packages come compiled; compileall writes it anyway."""
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "maild")], env=_env(), check=True,
                    stdout=subprocess.DEVNULL)
 
