@@ -11,11 +11,11 @@ decides what is written.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import CTE, BindParameter, Table, bindparam, insert
 from sqlalchemy.engine import Connection, Dialect
 
 
@@ -75,3 +75,14 @@ class Insert:
             return
         compiled = self._compile(conn.dialect, tuple(rows[0]), False)
         conn.exec_driver_sql(compiled.sql, [self._values(compiled, row) for row in rows])
+
+
+def param(table: Table, key: str, prefix: str = "") -> BindParameter:
+    """A parameter named prefix + column, typed as the column (JSON and dates bind as in Core)."""
+    return bindparam(f"{prefix}{key}", type_=table.c[key].type)
+
+
+def inserted(table: Table, keys: Iterable[str], prefix: str, name: str) -> CTE:
+    """PostgreSQL: a one-row INSERT (parameters prefix + column) returning its id, as the CTE
+    `name`, for statements that write linked rows in one round trip."""
+    return insert(table).values({k: param(table, k, prefix) for k in keys}).returning(table.c.id).cte(name)

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from maild.addresses import AddressRules
 from maild.config import Settings
 from maild.timefmt import aware
-from maild.statements import Insert
+from maild.statements import Insert, inserted, param
 from maild.models import Action, Attachment, CustomerAddress, Interaction, Issue, OutboxMessage, table_of, utcnow
 from maild.outbound.compose import OutAttachment, Outgoing, compose, new_message_id, thread_root
 
@@ -220,17 +220,15 @@ def _recorded_statement(interaction_keys: tuple[str, ...], outbox_keys: tuple[st
     """PostgreSQL: mail to the customer, its interaction and the issue's action in one statement
     (a round trip each costs more than building the rows, under a burst). Built once per column set."""
     i_t, a_t, o_t = table_of(Interaction), table_of(Action), table_of(OutboxMessage)
-    new_i = (insert(i_t).values({k: bindparam(f"i_{k}", type_=i_t.c[k].type) for k in interaction_keys})
-             .returning(i_t.c.id).cte("new_interaction"))
+    new_i = inserted(i_t, interaction_keys, "i_", "new_interaction")
     new_a = insert(a_t).from_select(
         ["issue_id", "interaction_id", "created_at"],
-        select(bindparam("a_issue_id", type_=a_t.c.issue_id.type), new_i.c.id,
-               bindparam("a_created_at", type_=a_t.c.created_at.type)),
+        select(param(a_t, "issue_id", "a_"), new_i.c.id, param(a_t, "created_at", "a_")),
     ).cte("new_action")
     return (
         insert(o_t).from_select(
             [*outbox_keys, "interaction_id"],
-            select(*[bindparam(f"o_{k}", type_=o_t.c[k].type) for k in outbox_keys], new_i.c.id),
+            select(*[param(o_t, k, "o_") for k in outbox_keys], new_i.c.id),
         ).returning(o_t.c.id, o_t.c.interaction_id).add_cte(new_i).add_cte(new_a)
     )
 

@@ -15,32 +15,26 @@ from __future__ import annotations
 
 import functools
 
-from sqlalchemy import Select, bindparam, insert, select, true
+from sqlalchemy import Select, insert, select, true
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.dml import Insert as Insert_
 
 from maild.models import Action, Customer, CustomerAddress, Interaction, Issue, table_of
+from maild.statements import inserted, param
 
 _customers, _addresses = table_of(Customer), table_of(CustomerAddress)
 _issues, _interactions, _actions = table_of(Issue), table_of(Interaction), table_of(Action)
-
-
-def _param(table, key: str, prefix: str):
-    return bindparam(f"{prefix}{key}", type_=table.c[key].type)
 
 
 @functools.lru_cache(maxsize=1)
 def new_customer() -> Select:
     """A new customer and the claim of its address; (customer id, claiming address's customer id
     or None when the address was taken meanwhile). Parameters: name, tags, email, key, created_at."""
-    customer = (insert(_customers)
-                .values(name=_param(_customers, "name", ""), tags=_param(_customers, "tags", ""),
-                        created_at=_param(_customers, "created_at", ""))
-                .returning(_customers.c.id).cte("new_customer"))
+    customer = inserted(_customers, ("name", "tags", "created_at"), "", "new_customer")
     claimed = (postgresql.insert(_addresses)
                .from_select(["customer_id", "email", "key", "created_at"],
-                            select(customer.c.id, _param(_addresses, "email", ""), _param(_addresses, "key", ""),
-                                   _param(_addresses, "created_at", "")))
+                            select(customer.c.id, param(_addresses, "email"), param(_addresses, "key"),
+                                   param(_addresses, "created_at")))
                .on_conflict_do_nothing(index_elements=[_addresses.c.key])
                .returning(_addresses.c.customer_id).cte("claimed"))
     return select(customer.c.id, claimed.c.customer_id).select_from(customer.outerjoin(claimed, true()))
@@ -51,15 +45,10 @@ def recorded(interaction_keys: tuple[str, ...], issue_keys: tuple[str, ...] | No
     """The interaction and its action on one issue, and with issue_keys the new issue too;
     returns (issue id, interaction id). Parameters: i_<column> for the interaction,
     s_<column> for a new issue, else a_issue_id; a_created_at for the action."""
-    new_interaction = (insert(_interactions)
-                       .values({k: _param(_interactions, k, "i_") for k in interaction_keys})
-                       .returning(_interactions.c.id).cte("new_interaction"))
-    new_issue = None
-    if issue_keys is not None:
-        new_issue = (insert(_issues).values({k: _param(_issues, k, "s_") for k in issue_keys})
-                     .returning(_issues.c.id).cte("new_issue"))
-    row = select(new_issue.c.id if new_issue is not None else _param(_actions, "issue_id", "a_"),
-                 new_interaction.c.id, _param(_actions, "created_at", "a_"))
+    new_interaction = inserted(_interactions, interaction_keys, "i_", "new_interaction")
+    new_issue = inserted(_issues, issue_keys, "s_", "new_issue") if issue_keys is not None else None
+    row = select(new_issue.c.id if new_issue is not None else param(_actions, "issue_id", "a_"),
+                 new_interaction.c.id, param(_actions, "created_at", "a_"))
     if new_issue is not None:  # two one-row results side by side
         row = row.select_from(new_issue.join(new_interaction, true()))
     statement = (insert(_actions).from_select(["issue_id", "interaction_id", "created_at"], row)

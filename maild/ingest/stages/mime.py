@@ -5,8 +5,8 @@ headers about forty times per message, and the stdlib answers every `get`
 by lowering and comparing each header name in turn. This subclass keeps an
 index from lowered name to the first header of that name, built on first
 use and dropped by every method that changes the headers, and keeps the
-content type it computed until then. Answers are exactly the stdlib's (same policy, same
-first match); the stdlib offers no such index, hence this class.
+content type it computed until then. Answers are exactly the stdlib's (same
+policy, same first match); the stdlib offers no such index, hence this class.
 """
 
 from __future__ import annotations
