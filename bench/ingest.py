@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -211,11 +212,19 @@ def run_measured(argv: list[str], messages: int, log: Path, env: dict[str, str] 
     with open(log, "wb") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env or _env())
-        while proc.poll() is None:
-            for pid in (proc.pid, *_children(proc.pid)):
-                peaks[pid] = max(peaks.get(pid, 0), _peak_kb(pid))
-            time.sleep(0.1)
+        done = threading.Event()
+
+        def sample() -> None:  # beside the wait, so the exit is timed to the moment, not to the next sample
+            while not done.wait(0.1):
+                for pid in (proc.pid, *_children(proc.pid)):
+                    peaks[pid] = max(peaks.get(pid, 0), _peak_kb(pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        proc.wait()
         seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
     peak_kb = max(peaks.values(), default=0)
     if not peak_kb:
         import resource

@@ -1,5 +1,5 @@
 """`python -m maild`: the same as the `maild` command."""
 
-from maild.cli import main
+from maild.cli import process_main
 
-main(prog_name="maild")
+process_main()

@@ -148,3 +148,23 @@ def test_ingest_from_an_mta_loads_neither_the_daemon_nor_imap(config_path):
     assert r.returncode == 0, r.stderr
     assert b"interaction issue 1" in r.stderr
     assert r.stdout.strip() == b"[]"
+
+
+def test_a_maild_process_collects_garbage_again_once_started_and_a_host_process_is_left_alone(config_path):
+    """`maild` as its own process turns the cyclic collector off while it loads and
+    freezes what it built; the collector must be on again for the work itself (a daemon
+    with it off would never free a cycle). Run through `main` from a host process,
+    maild leaves the host's collector as it was."""
+    code = (
+        "import gc, sys\nfrom maild import cli\n"
+        "command = ['status', '-c', sys.argv[1]]\n"
+        "sys.argv = ['maild', *command]\n"
+        "try:\n    cli.main(command)\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('host', gc.isenabled(), gc.get_freeze_count())\n"
+        "try:\n    cli.process_main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('own', gc.isenabled(), gc.get_freeze_count() > 0)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(config_path)], capture_output=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    marks = [line for line in r.stdout.decode().splitlines() if line.startswith(("host ", "own "))]
+    assert marks == ["host True 0", "own True True"]

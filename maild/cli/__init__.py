@@ -9,6 +9,7 @@ after the command name.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib
 import json
 import logging
@@ -53,6 +54,29 @@ def setup_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger().setLevel(level)
     logging.getLogger("alembic").setLevel(logging.NOTSET if verbosity >= 2 else logging.WARNING)
+
+
+_whole_process = False  # set by process_main: maild is this process, not a caller's library
+
+
+def process_main() -> None:
+    """The `maild` command as a process of its own (the console script, `python -m maild`)."""
+    global _whole_process
+    _whole_process = True
+    gc.disable()  # loading modules makes no garbage worth a collection: on again in settle()
+    main(prog_name="maild")
+
+
+def settle() -> None:
+    """What exists now lives until the process ends: the loaded modules, the
+    config, the built app. Frozen out of the cyclic collector (gc.freeze), no
+    collection walks it again and the exit does not tear it down object by
+    object (about 0.1-0.2 s of every `maild` process), and workers forked
+    after it share its pages. Only in maild's own process: a caller that runs
+    the commands in its own (tests, a host program) keeps its collector whole."""
+    if _whole_process:
+        gc.freeze()
+        gc.enable()
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -102,6 +126,7 @@ def _with_config(fn: Callable[..., Any], optional: bool) -> Callable[..., Any]:
                 settings = load(path)
             except ConfigError as exc:
                 _fail(str(exc), EX_CONFIG)
+        settle()
         return _guarded(fn, path, settings, kwargs)
 
     return wrapper

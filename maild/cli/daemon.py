@@ -11,7 +11,7 @@ import click
 
 from maild.config import ConfigError, Settings, load
 from maild.db import is_transient
-from maild.cli import EX_CONFIG, EX_TEMPFAIL, config_message, main, secret_advice, with_settings
+from maild.cli import EX_CONFIG, EX_TEMPFAIL, config_message, main, secret_advice, settle, with_settings
 
 EX_OSERR = 71
 
@@ -80,6 +80,7 @@ def run(settings: Settings) -> None:
         log.warning("%s", advice)
     try:
         daemon = build_daemon(settings, on_hup=functools.partial(check_reload, settings, config_path))
+        settle()  # the daemon's parts live until it stops
         sys.exit(daemon.run())
     except ConfigError as exc:
         click.echo(f"maild: {config_message(exc, config_path)}", err=True)

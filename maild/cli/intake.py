@@ -20,7 +20,8 @@ from maild.ingest.pipeline import Ahead
 from maild.ingest.stages.parse import as_json as parsed_json
 from maild.ingest.stages.parse import NestingTooDeep, parse
 from maild.ingest.sources import SourceError, open_source
-from maild.cli import EX_DATAERR, EX_TEMPFAIL, json_option, main, print_json, with_optional_settings, with_settings
+from maild.cli import (EX_DATAERR, EX_TEMPFAIL, json_option, main, print_json, settle, with_optional_settings,
+                       with_settings)
 
 
 def _read_limited(stream, limit: int, name: str) -> bytes:
@@ -118,6 +119,7 @@ def import_(settings: Settings, mailbox_name: str, batch: int, path: str) -> Non
         raise click.ClickException(str(exc)) from None
     # Every core parses: the storing process mostly waits for the disk and the parsers.
     app = build(settings, workers=(os.cpu_count() or 1) + 1)
+    settle()  # before the workers fork: they share what is built
     app.pipeline.drain()
     app.pipeline.start()  # before the progress bar's thread: the workers are forked, not spawned
     new = dup = 0

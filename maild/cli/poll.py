@@ -14,7 +14,7 @@ from maild.app import build
 from maild.config import ConfigError, Settings
 from maild.ingest.imap.poller import ImapService, imap_services
 from maild.ingest.imap.client import explain
-from maild.cli import EX_CONFIG, EX_TEMPFAIL, config_message, main, with_settings
+from maild.cli import EX_CONFIG, EX_TEMPFAIL, config_message, main, settle, with_settings
 
 
 def _chosen(settings: Settings, name: str | None) -> list[str]:
@@ -76,6 +76,7 @@ def poll(settings: Settings, mailbox_name: str | None, once: bool) -> None:
     # then every core parses, as in `maild import`: the storing process mostly waits.
     alone = once or len(names) == 1
     app = build(settings, workers=(os.cpu_count() or 1) + 1 if alone else 1)
+    settle()
     try:
         if alone:
             app.pipeline.start()  # forked now, before the I/O thread starts
