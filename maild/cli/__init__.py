@@ -70,10 +70,10 @@ def process_main() -> None:
 def settle() -> None:
     """What exists now lives until the process ends: the loaded modules, the
     config, the built app. Frozen out of the cyclic collector (gc.freeze), no
-    collection walks it again and the exit does not tear it down object by
-    object (about 0.1-0.2 s of every `maild` process), and workers forked
-    after it share its pages. Only in maild's own process: a caller that runs
-    the commands in its own (tests, a host program) keeps its collector whole."""
+    collection walks it again, not even the full ones at exit (about 0.1-0.2 s
+    of every `maild` process), and workers forked after it share its pages.
+    Only in maild's own process: a caller that runs the commands in its own
+    (tests, a host program) keeps its collector whole."""
     if _whole_process:
         gc.freeze()
         gc.enable()
