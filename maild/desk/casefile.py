@@ -9,6 +9,7 @@ whatever the issue holds.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
@@ -147,6 +148,27 @@ def queue(session: Session, rep: Rep, which: str, now: datetime) -> tuple[list[Q
                  selectinload(Issue.customer).selectinload(Customer.addresses))
     ).all()
     return [QueueRow(i, age(i.opened_at, now)) for i in rows], total - len(rows)
+
+
+def queue_text(rows: list[QueueRow], more: int, rep_id: int, see: str,
+               reply_address: Callable[[Issue], str | None]) -> str:
+    """The `#queue` answer: a line per issue, then how to take it (a mailto: of its reply
+    address, when it has one) and see its history (a mailto: of the desk address `see`)."""
+    lines = []
+    for row in rows:
+        i = row.issue
+        who = i.assignee.name if i.assignee else "unassigned"
+        lines.append(f"#{i.id}  {row.age}  {i.status}  {i.priority}  {who}  {customer_label(i.customer)}  {i.subject}")
+        take = "#take" if i.assignee_id in (None, rep_id) else "#take!"
+        reply = reply_address(i)
+        if reply:
+            lines.append(f"    take: {mailto(reply, take)}")
+        lines.append(f"    see: {mailto(see, f'#history {i.id}')}" if see else
+                     f"    see: #history {i.id} to your desk address")
+    if more:
+        lines.append(f"\n... and {more} more.")
+    text = "\n".join(lines) if lines else "No issues."
+    return f"{text}\n\nEach line: id, age, status, priority, assignee, customer, subject."
 
 
 def mailto(address: str, body: str) -> str:

@@ -262,23 +262,9 @@ class DeskMail:
             raise Refused(found)
         rows, more = found
         see = casefile.desk_address(self.settings, self.signer, desk.rep.id) or ""
-        lines = []
-        for row in rows:
-            i = row.issue
-            who = i.assignee.name if i.assignee else "unassigned"
-            lines.append(f"#{i.id}  {row.age}  {i.status}  {i.priority}  {who}  "
-                         f"{casefile.customer_label(i.customer)}  {i.subject}")
-            take = "#take" if i.assignee_id in (None, desk.rep.id) else "#take!"
-            reply = self._reply_address(i, desk.rep, "reply")
-            if reply:
-                lines.append(f"    take: {casefile.mailto(reply, take)}")
-            lines.append(f"    see: {casefile.mailto(see, f'#history {i.id}')}" if see else
-                         f"    see: #history {i.id} to your desk address")
-        if more:
-            lines.append(f"\n... and {more} more.")
-        text = "\n".join(lines) if lines else "No issues."
-        self._tell(session, desk, f"Queue ({which}): {len(rows) + more} issue(s)",
-                   f"{text}\n\nEach line: id, age, status, priority, assignee, customer, subject.")
+        text = casefile.queue_text(rows, more, desk.rep.id, see,
+                                   lambda issue: self._reply_address(issue, desk.rep, "reply"))
+        self._tell(session, desk, f"Queue ({which}): {len(rows) + more} issue(s)", text)
         return f"queue {which}"
 
     def _history(self, session: Session, desk: Desk) -> str:
