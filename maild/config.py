@@ -19,7 +19,10 @@ from maild.config_backoffice import BulkConfig, DigestConfig, ReportsConfig, Web
 from maild.config_base import (
     Strict, check_address, check_addresses, check_env_name, check_hostport,
 )
-from maild.config_desk import CalendarConfig, SelftestConfig, SlaConfig, TurnaroundConfig, check_references
+from maild.config_desk import (
+    CalendarConfig, CannedConfig, CategoryConfig, PicklistConfig, SelftestConfig, SlaConfig, SpellingConfig,
+    TurnaroundConfig, check_references,
+)
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or invalid."""
@@ -216,43 +219,6 @@ class RepConfig(Strict):
     @property
     def all_addresses(self) -> tuple[str, ...]:
         return (self.email.lower(), *(a.lower() for a in self.aliases))
-
-
-class CannedConfig(Strict):
-    """A canned response: company-endorsed phrasing a rep inserts by name."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""  # the one line shown in `maild canned list`
-    body: str
-
-
-class SpellingConfig(Strict):
-    mode: Literal["off", "warn", "hold"] = "warn"
-    words: tuple[str, ...] = ()  # product and company names the checker must accept
-
-
-class PicklistConfig(Strict):
-    """An ordered list of values a rep picks from (#type, #used, #log's channel), for the reports."""
-
-    name: str = Field(pattern=r"^[a-z0-9_]+$", max_length=50)
-    description: str = ""
-    values: tuple[str, ...] = Field(min_length=1)
-
-    @field_validator("values")
-    @classmethod
-    def _values(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        folded = [x.strip().lower() for x in v]
-        if any(not x or len(x) > 200 for x in folded):
-            raise ValueError("every value must be 1 to 200 characters")
-        if len(set(folded)) != len(folded):
-            raise ValueError("values must be unique (case-insensitively)")
-        return tuple(x.strip() for x in v)
-
-
-class CategoryConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    description: str = ""
-    reps: tuple[str, ...] = ()  # rep emails notified for this category (before the mailbox's)
 
 
 class Settings(Strict):

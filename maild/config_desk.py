@@ -1,4 +1,5 @@
-"""Config sections for turnaround targets, business calendars and the self-test.
+"""Config sections for the desk: canned responses, spelling, picklists and categories
+that reps work with, turnaround targets, business calendars and the self-test.
 
 Kept beside config.py (which composes them into Settings) so that file stays
 readable; the same rules hold: unknown keys are errors, every value checked at
@@ -16,6 +17,45 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 
 from maild.config_base import Strict, check_addresses
+
+
+class CannedConfig(Strict):
+    """A canned response: company-endorsed phrasing a rep inserts by name."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""  # the one line shown in `maild canned list`
+    body: str
+
+
+class SpellingConfig(Strict):
+    mode: Literal["off", "warn", "hold"] = "warn"
+    words: tuple[str, ...] = ()  # product and company names the checker must accept
+
+
+class PicklistConfig(Strict):
+    """An ordered list of values a rep picks from (#type, #used, #log's channel), for the reports."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$", max_length=50)
+    description: str = ""
+    values: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        folded = [x.strip().lower() for x in v]
+        if any(not x or len(x) > 200 for x in folded):
+            raise ValueError("every value must be 1 to 200 characters")
+        if len(set(folded)) != len(folded):
+            raise ValueError("values must be unique (case-insensitively)")
+        return tuple(x.strip() for x in v)
+
+
+class CategoryConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    reps: tuple[str, ...] = ()  # rep emails notified for this category (before the mailbox's)
+
+
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 HOURS_RE = re.compile(r"^(\d{2}):(\d{2})-(\d{2}):(\d{2})$")

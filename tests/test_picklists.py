@@ -67,7 +67,7 @@ def test_without_a_configured_list_the_rep_is_told_how_to_add_one(app, cli):
 
 
 def test_the_validation_function_other_commands_use():
-    from maild.config import PicklistConfig
+    from maild.config_desk import PicklistConfig
 
     lists = Picklists([PicklistConfig(name="contact_method", values=("email", "phone", "in person"))])
     assert lists.check("contact_method", "In  Person") == "in person"

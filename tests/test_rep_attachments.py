@@ -110,3 +110,18 @@ def test_files_over_the_notification_limit_are_listed_and_attachments_answers_wi
     assert [m for to, m in desk.received() if "pat@example.com" in to] == []  # the customer got none of it
     notices = desk.cli.json("issues", "show", "1")["notices"]
     assert [n["kind"] for n in notices].count("attachments") == 3
+
+
+@pytest.mark.parametrize("desk", [{"notify_attachments_max": 12_000}], indirect=True)
+def test_history_by_mail_lists_the_files_over_the_limit_and_says_how_to_answer(desk):
+    _customer_writes_with_two_files(desk)
+    desk.to("alice@acme.test")  # the notification
+    address = desk.cli("reps", "address", "alice@acme.test").output.strip()
+    desk.send(mail("Alice <alice@acme.test>", address, "History please", "#history 1"))
+    (history,) = desk.to("alice@acme.test", subject="History:")
+    assert files_of(history) == {"photo.jpg": JPEG}
+    text = text_of(history).replace("\r\n", "\n")
+    assert "The box was crushed" in text
+    assert 'answer "#attachments NAME" to get one:\n  invoice.pdf (10 KiB)' in text
+    assert "Reply to this message to answer the customer on this issue." in text
+    assert "Write to support+i" in text  # the issue's note address

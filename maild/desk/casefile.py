@@ -115,6 +115,15 @@ def history(session: Session, issue: Issue) -> tuple[str, list[Interaction]]:
     return "\n".join(lines), rows
 
 
+def history_footer(unattached: str, note: str | None) -> str:
+    """What follows the `#history` answer's history: the files left out (`unattached`, listed,
+    each to be asked for by name) and how to answer the customer or add a note (at `note`)."""
+    left_out = (f"\n\nNot attached (over the size limit); answer \"#attachments NAME\" to get one:\n{unattached}"
+                if unattached else "")
+    how = "\n\n-- \nReply to this message to answer the customer on this issue."
+    return left_out + how + (f"\nWrite to {note} to add an internal note instead." if note else "")
+
+
 @dataclass(frozen=True)
 class QueueRow:
     issue: Issue

@@ -275,12 +275,8 @@ class DeskMail:
         text, _ = casefile.history(session, issue)
         carried, left = attachments.fit(attachments.of_issue(session, issue.id),
                                         self.settings.outbound.notify_attachments_max)
-        if left:
-            text += ("\n\nNot attached (over the size limit); answer \"#attachments NAME\" to get one:\n"
-                     + attachments.listing(left))
-        note = self._reply_address(issue, desk.rep, "note")
-        text += ("\n\n-- \nReply to this message to answer the customer on this issue."
-                 + (f"\nWrite to {note} to add an internal note instead." if note else ""))
+        text += casefile.history_footer(attachments.listing(left) if left else "",
+                                        self._reply_address(issue, desk.rep, "note"))
         enqueue(session, Outgoing(
             kind="history", mailbox=issue.mailbox, to=(desk.rep.email,),
             subject=with_tag(f"History: {issue.subject}", self._tag(issue)), body=text + "\n", issue_id=issue.id,

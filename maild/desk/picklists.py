@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maild.config import PicklistConfig
+from maild.config_desk import PicklistConfig
 from maild.models import Action, ActionPick
 
 # The picklist each command picks from.
