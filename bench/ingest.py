@@ -193,12 +193,37 @@ def _peak_kb(pid: int) -> int:
         return 0
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        return []
+class Peaks:
+    """Each process's own VmHWM (KiB), sampled from /proc while the tree runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.kb = pid, {}  # type: int, dict[int, int]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+
+    def _tree(self) -> list[int]:
+        """The process and its descendants, whichever of its threads started them."""
+        pids, i = [self.pid], 0
+        while i < len(pids):
+            for task in Path(f"/proc/{pids[i]}/task").glob("*"):
+                try:
+                    pids += [int(c) for c in (task / "children").read_text().split()]
+                except (OSError, ValueError):
+                    pass
+            i += 1
+        return pids
+
+    def _watch(self) -> None:
+        while not self.stop.wait(0.1):
+            for pid in self._tree():
+                self.kb[pid] = max(self.kb.get(pid, 0), _peak_kb(pid))
+
+    def done(self) -> tuple[float, float]:
+        """Stop sampling: the peak of the largest process and the sum of the peaks, in MB."""
+        self.stop.set()
+        self.thread.join()
+        return max(self.kb.values(), default=0) / 1024, sum(self.kb.values()) / 1024
 
 
 def run_measured(argv: list[str], messages: int, log: Path, env: dict[str, str] | None = None) -> tuple[Timing, int]:
@@ -208,28 +233,18 @@ def run_measured(argv: list[str], messages: int, log: Path, env: dict[str, str] 
     runs: the rusage of wait4 would also count the benchmark's own memory,
     which the child shares between fork and exec. Without /proc, that rusage.
     """
-    peaks: dict[int, int] = {}
     with open(log, "wb") as out:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env or _env())
-        done = threading.Event()
-
-        def sample() -> None:  # beside the wait, so the exit is timed to the moment, not to the next sample
-            while not done.wait(0.1):
-                for pid in (proc.pid, *_children(proc.pid)):
-                    peaks[pid] = max(peaks.get(pid, 0), _peak_kb(pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        peaks = Peaks(proc.pid)  # sampled beside the wait, so the exit is timed to the moment
         proc.wait()
         seconds = time.perf_counter() - start
-        done.set()
-        sampler.join()
-    peak_kb = max(peaks.values(), default=0)
-    if not peak_kb:
+        peak_mb, _ = peaks.done()
+    if not peak_mb:
         import resource
         peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
-    return Timing(seconds, messages, peak_kb / 1024), proc.returncode
+        peak_mb = peak_kb / 1024
+    return Timing(seconds, messages, peak_mb), proc.returncode
 
 
 def run_import(config: Path, manifest: corpusgen.Manifest, log: Path) -> tuple[Timing, int]:

@@ -171,38 +171,6 @@ def config(work: Path, db_url: str, smtp_port: int, relay_port: int, backlog: in
     return path
 
 
-class Peaks:
-    """Each process's own VmHWM (KiB), sampled from /proc while the tree runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.kb = pid, {}  # type: int, dict[int, int]
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-
-    def _tree(self) -> list[int]:
-        """The process and its descendants, whichever of its threads started them."""
-        pids, i = [self.pid], 0
-        while i < len(pids):
-            for task in Path(f"/proc/{pids[i]}/task").glob("*"):
-                try:
-                    pids += [int(c) for c in (task / "children").read_text().split()]
-                except (OSError, ValueError):
-                    pass
-            i += 1
-        return pids
-
-    def _watch(self) -> None:
-        while not self.stop.wait(0.1):
-            for pid in self._tree():
-                self.kb[pid] = max(self.kb.get(pid, 0), ingest._peak_kb(pid))
-
-    def done(self) -> tuple[float, float]:
-        self.stop.set()
-        self.thread.join()
-        return max(self.kb.values(), default=0) / 1024, sum(self.kb.values()) / 1024
-
-
 def pending(db_url: str) -> int:
     sys.path.insert(0, str(REPO))
     from sqlalchemy import func, select
@@ -235,7 +203,7 @@ def run_live(args, work: Path, tag: str, rate: float | None = None) -> dict:
                             stderr=log, stdout=subprocess.DEVNULL)
     try:
         smtp_load.wait_port(port, proc)
-        peaks = Peaks(proc.pid)
+        peaks = ingest.Peaks(proc.pid)
         pending(db_url)  # the benchmark's own imports for this done before anything is timed
         cpu, start = busy_seconds(), time.time()
         accept_s, acked, refused = send(port, per_client, rate)
